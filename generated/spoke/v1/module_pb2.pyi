@@ -1,0 +1,242 @@
+import datetime
+
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from spoke.v1 import policy_pb2 as _policy_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Module(_message.Message):
+    __slots__ = ("id", "org_id", "org_name", "name", "description", "is_public", "created_by", "create_time", "update_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    IS_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    org_id: str
+    org_name: str
+    name: str
+    description: str
+    is_public: bool
+    created_by: str
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., org_name: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., is_public: _Optional[bool] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ProtoFile(_message.Message):
+    __slots__ = ("path", "content")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    content: str
+    def __init__(self, path: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class Version(_message.Message):
+    __slots__ = ("id", "module_id", "version", "files", "size_bytes", "created_by", "create_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODULE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    module_id: str
+    version: str
+    files: _containers.RepeatedCompositeFieldContainer[ProtoFile]
+    size_bytes: int
+    created_by: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., module_id: _Optional[str] = ..., version: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ProtoFile, _Mapping]]] = ..., size_bytes: _Optional[int] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GeneratedFile(_message.Message):
+    __slots__ = ("language", "path", "content")
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    language: str
+    path: str
+    content: str
+    def __init__(self, language: _Optional[str] = ..., path: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class CreateModuleRequest(_message.Message):
+    __slots__ = ("org", "name", "description", "is_public")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    IS_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    name: str
+    description: str
+    is_public: bool
+    def __init__(self, org: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., is_public: _Optional[bool] = ...) -> None: ...
+
+class CreateModuleResponse(_message.Message):
+    __slots__ = ("module",)
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    module: Module
+    def __init__(self, module: _Optional[_Union[Module, _Mapping]] = ...) -> None: ...
+
+class GetModuleRequest(_message.Message):
+    __slots__ = ("org", "module")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    module: str
+    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ...) -> None: ...
+
+class GetModuleResponse(_message.Message):
+    __slots__ = ("module",)
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    module: Module
+    def __init__(self, module: _Optional[_Union[Module, _Mapping]] = ...) -> None: ...
+
+class ListModulesRequest(_message.Message):
+    __slots__ = ("org", "page_size", "page_token")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    page_size: int
+    page_token: str
+    def __init__(self, org: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListModulesResponse(_message.Message):
+    __slots__ = ("modules", "next_page_token")
+    MODULES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    modules: _containers.RepeatedCompositeFieldContainer[Module]
+    next_page_token: str
+    def __init__(self, modules: _Optional[_Iterable[_Union[Module, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class UpdateModuleRequest(_message.Message):
+    __slots__ = ("org", "module", "update", "update_mask")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    module: str
+    update: Module
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ..., update: _Optional[_Union[Module, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class UpdateModuleResponse(_message.Message):
+    __slots__ = ("module",)
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    module: Module
+    def __init__(self, module: _Optional[_Union[Module, _Mapping]] = ...) -> None: ...
+
+class DeleteModuleRequest(_message.Message):
+    __slots__ = ("org", "module")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    module: str
+    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ...) -> None: ...
+
+class DeleteModuleResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CreateVersionRequest(_message.Message):
+    __slots__ = ("org", "module", "version", "files")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    module: str
+    version: str
+    files: _containers.RepeatedCompositeFieldContainer[ProtoFile]
+    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ..., version: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ProtoFile, _Mapping]]] = ...) -> None: ...
+
+class CreateVersionResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: Version
+    def __init__(self, version: _Optional[_Union[Version, _Mapping]] = ...) -> None: ...
+
+class GetVersionRequest(_message.Message):
+    __slots__ = ("org", "module", "version")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    module: str
+    version: str
+    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class GetVersionResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: Version
+    def __init__(self, version: _Optional[_Union[Version, _Mapping]] = ...) -> None: ...
+
+class ListVersionsRequest(_message.Message):
+    __slots__ = ("org", "module", "page_size", "page_token")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    module: str
+    page_size: int
+    page_token: str
+    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListVersionsResponse(_message.Message):
+    __slots__ = ("versions", "next_page_token")
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[Version]
+    next_page_token: str
+    def __init__(self, versions: _Optional[_Iterable[_Union[Version, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CompileVersionRequest(_message.Message):
+    __slots__ = ("org", "module", "version", "languages")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGES_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    module: str
+    version: str
+    languages: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ..., version: _Optional[str] = ..., languages: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CompileVersionResponse(_message.Message):
+    __slots__ = ("descriptor_set", "files")
+    DESCRIPTOR_SET_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    descriptor_set: bytes
+    files: _containers.RepeatedCompositeFieldContainer[GeneratedFile]
+    def __init__(self, descriptor_set: _Optional[bytes] = ..., files: _Optional[_Iterable[_Union[GeneratedFile, _Mapping]]] = ...) -> None: ...
+
+class ListPublicModulesRequest(_message.Message):
+    __slots__ = ("query", "page_size", "page_token")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    page_size: int
+    page_token: str
+    def __init__(self, query: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListPublicModulesResponse(_message.Message):
+    __slots__ = ("modules", "next_page_token")
+    MODULES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    modules: _containers.RepeatedCompositeFieldContainer[Module]
+    next_page_token: str
+    def __init__(self, modules: _Optional[_Iterable[_Union[Module, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,3 @@
+DROP TABLE org_invitations;
+DROP TABLE organization_members;
+DROP TABLE organizations;

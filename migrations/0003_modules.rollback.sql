@@ -1,0 +1,3 @@
+DROP TABLE version_files;
+DROP TABLE module_versions;
+DROP TABLE modules;

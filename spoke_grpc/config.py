@@ -1,0 +1,98 @@
+"""Settings, read once from environment variables (documented in the README)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spoke_grpc.tiers import QuotaTier
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment.
+
+    ``database_url`` is ``None`` for the embedded PostgreSQL under ``data_dir``.
+    """
+
+    database_url: str | None = None
+    listen: str = DEFAULT_LISTEN
+    data_dir: Path = Path(".spoke")
+    default_quota_tier: QuotaTier = QuotaTier.SMALL
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    pool_timeout_seconds: float = 5.0
+    usage_flush_interval_seconds: float = 1.0
+    shutdown_grace_seconds: float = 10.0
+    health_check_interval_seconds: float = 1.0
+    auto_migrate: bool = True
+    migrations_dir: Path = field(default_factory=lambda: REPO_ROOT / "migrations")
+    bootstrap_token_file: Path | None = None
+    log_level: str = "INFO"
+
+    @property
+    def token_file(self) -> Path:
+        return self.bootstrap_token_file or self.data_dir / "bootstrap-token"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+
+        def number(name: str, default: float, *, minimum: float = 0) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+            if value < minimum:
+                raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+            return value
+
+        tier_raw = env.get("DEFAULT_QUOTA_TIER", "") or defaults.default_quota_tier.value
+        try:
+            tier = QuotaTier(tier_raw.strip().lower())
+        except ValueError:
+            choices = ", ".join(t.value for t in QuotaTier)
+            raise ConfigError(f"DEFAULT_QUOTA_TIER must be one of {choices}, got {tier_raw!r}") from None
+
+        pool_min = int(number("SPOKE_POOL_MIN_SIZE", defaults.pool_min_size, minimum=1))
+        pool_max = int(number("SPOKE_POOL_MAX_SIZE", defaults.pool_max_size, minimum=1))
+        if pool_max < pool_min:
+            raise ConfigError("SPOKE_POOL_MAX_SIZE must be at least SPOKE_POOL_MIN_SIZE")
+
+        token_file = env.get("SPOKE_BOOTSTRAP_TOKEN_FILE")
+        auto_migrate = env.get("SPOKE_AUTO_MIGRATE", "true").strip().lower()
+        if auto_migrate not in {"true", "false", "1", "0", "yes", "no"}:
+            raise ConfigError(f"SPOKE_AUTO_MIGRATE must be true or false, got {auto_migrate!r}")
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            listen=env.get("SPOKE_LISTEN") or defaults.listen,
+            data_dir=Path(env.get("SPOKE_DATA_DIR") or defaults.data_dir),
+            default_quota_tier=tier,
+            pool_min_size=pool_min,
+            pool_max_size=pool_max,
+            pool_timeout_seconds=number("SPOKE_POOL_TIMEOUT", defaults.pool_timeout_seconds),
+            usage_flush_interval_seconds=number(
+                "SPOKE_USAGE_FLUSH_INTERVAL", defaults.usage_flush_interval_seconds
+            ),
+            shutdown_grace_seconds=number("SPOKE_SHUTDOWN_GRACE", defaults.shutdown_grace_seconds),
+            health_check_interval_seconds=number(
+                "SPOKE_HEALTH_INTERVAL", defaults.health_check_interval_seconds, minimum=0.05
+            ),
+            auto_migrate=auto_migrate in {"true", "1", "yes"},
+            migrations_dir=Path(env.get("SPOKE_MIGRATIONS_DIR") or defaults.migrations_dir),
+            bootstrap_token_file=Path(token_file) if token_file else None,
+            log_level=(env.get("SPOKE_LOG_LEVEL") or defaults.log_level).upper(),
+        )

@@ -1,0 +1,237 @@
+"""The errors domain code raises; the errors interceptor turns each into a gRPC status.
+
+Domain and store code never touch ``grpc.StatusCode``: they raise one of these, and
+``spoke_grpc.interceptors.errors`` converts it into a status whose details carry a
+``google.rpc.ErrorInfo`` (always) plus the class's own details::
+
+    SpokeError                      (base; never raised itself)
+    ├── InvalidArgument             INVALID_ARGUMENT     + BadRequest field violations
+    ├── Unauthenticated             UNAUTHENTICATED
+    ├── PermissionDenied            PERMISSION_DENIED
+    ├── NotFound                    NOT_FOUND
+    ├── AlreadyExists               ALREADY_EXISTS
+    ├── FailedPrecondition          FAILED_PRECONDITION  + PreconditionFailure violations
+    ├── QuotaExceeded               RESOURCE_EXHAUSTED   + QuotaFailure (+ RetryInfo for rate windows)
+    ├── Unavailable                 UNAVAILABLE          + RetryInfo
+    ├── Unimplemented               UNIMPLEMENTED
+    └── Internal                    INTERNAL
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+ERROR_DOMAIN = "spoke.v1"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid request field: ``field`` is its path (``organization.name``)."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True)
+class PreconditionViolation:
+    """One unmet precondition: ``type`` is a short code, ``subject`` what it is about."""
+
+    type: str
+    subject: str
+    description: str
+
+
+class SpokeError(Exception):
+    """Base of every error a caller may see. ``message`` is safe to show to clients."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    reason: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata = dict(metadata or {})
+
+    def details(self) -> list[any_pb2.Any]:
+        """The ``google.rpc`` detail messages after the ErrorInfo."""
+        return []
+
+    def to_status(self) -> status_pb2.Status:
+        info = error_details_pb2.ErrorInfo(
+            reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+        )
+        packed = [_pack(info), *self.details()]
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+class InvalidArgument(SpokeError):
+    """One or more request fields are invalid; the caller must fix the request."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: Sequence[FieldViolation]) -> None:
+        if not violations:
+            raise ValueError("InvalidArgument needs at least one violation")
+        self.violations = list(violations)
+        message = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        super().__init__(f"invalid request: {message}")
+
+    @classmethod
+    def field(cls, field: str, description: str) -> InvalidArgument:
+        return cls([FieldViolation(field, description)])
+
+    def details(self) -> list[any_pb2.Any]:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in self.violations
+            ]
+        )
+        return [_pack(bad_request)]
+
+
+class Unauthenticated(SpokeError):
+    """No valid API token: send ``authorization: Bearer spoke_...`` metadata."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(SpokeError):
+    """The caller is known but its role does not allow the call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
+class NotFound(SpokeError):
+    """The resource does not exist, or the caller may not know that it does."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+    def __init__(self, kind: str, ref: str) -> None:
+        super().__init__(f"{kind} {ref!r} not found", metadata={"kind": kind, "ref": ref})
+
+
+class AlreadyExists(SpokeError):
+    """A resource with the same unique name already exists."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "ALREADY_EXISTS"
+
+    def __init__(self, kind: str, ref: str) -> None:
+        super().__init__(f"{kind} {ref!r} already exists", metadata={"kind": kind, "ref": ref})
+
+
+class FailedPrecondition(SpokeError):
+    """The system is not in a state that allows the call; retrying as-is will not help."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+    def __init__(self, violation: PreconditionViolation) -> None:
+        super().__init__(violation.description, metadata={"type": violation.type})
+        self.violation = violation
+
+    def details(self) -> list[any_pb2.Any]:
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=self.violation.type,
+                    subject=self.violation.subject,
+                    description=self.violation.description,
+                )
+            ]
+        )
+        return [_pack(failure)]
+
+
+class QuotaExceeded(SpokeError):
+    """An allocation quota or a rate window of the organization is used up."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_QUOTA_EXCEEDED"
+
+    def __init__(
+        self,
+        *,
+        quota: str,
+        subject: str,
+        current: int,
+        limit: int,
+        retry_after_seconds: int | None = None,
+    ) -> None:
+        label = quota.replace("_", " ")
+        super().__init__(
+            f"{label} quota exceeded: {current} of {limit} used",
+            metadata={"quota": quota, "limit": str(limit), "current": str(current)},
+        )
+        self.quota = quota
+        self.subject = subject
+        self.retry_after_seconds = retry_after_seconds
+        if retry_after_seconds is not None:
+            self.reason = "RATE_LIMIT_EXCEEDED"  # type: ignore[misc]
+
+    def details(self) -> list[any_pb2.Any]:
+        failure = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=self.subject, description=self.message
+                )
+            ]
+        )
+        packed = [_pack(failure)]
+        if self.retry_after_seconds is not None:
+            retry = error_details_pb2.RetryInfo(
+                retry_delay=duration_pb2.Duration(seconds=self.retry_after_seconds)
+            )
+            packed.append(_pack(retry))
+        return packed
+
+
+class Unavailable(SpokeError):
+    """A dependency (the database) cannot be reached now; retry with backoff."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "DATABASE_UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after_seconds: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+    def details(self) -> list[any_pb2.Any]:
+        retry = error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(seconds=self.retry_after_seconds)
+        )
+        return [_pack(retry)]
+
+
+class Unimplemented(SpokeError):
+    """The RPC is part of the contract but this server does not implement it yet."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "UNIMPLEMENTED"
+
+
+class Internal(SpokeError):
+    """A bug on the server. The message carries a reference to find the logged traceback."""
+
+    code = grpc.StatusCode.INTERNAL
+    reason = "INTERNAL"
+

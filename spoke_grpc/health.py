@@ -1,0 +1,85 @@
+"""grpc.health.v1 status that follows the database.
+
+A probe runs ``SELECT 1`` every interval: SERVING while it works, NOT_SERVING while
+it does not. The errors interceptor reports an unreachable database at once, so health
+flips without waiting for the next probe; the probe flips it back when the database
+returns. On shutdown everything goes NOT_SERVING and stays there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
+from psycopg_pool import AsyncConnectionPool
+
+from spoke_grpc.database import is_unavailable
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class DatabaseHealth:
+    def __init__(
+        self,
+        servicer: HealthServicer,
+        pool: AsyncConnectionPool,
+        services: Iterable[str],
+        interval: float,
+    ) -> None:
+        self.servicer = servicer
+        self._pool = pool
+        self._services = ["", *services]
+        self._interval = interval
+        self._serving: bool | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @property
+    def serving(self) -> bool:
+        return bool(self._serving)
+
+    async def set_serving(self, serving: bool) -> None:
+        if self._stopped or serving == self._serving:
+            return
+        self._serving = serving
+        log.log(logging.INFO if serving else logging.WARNING, "health: %s", "SERVING" if serving else "NOT_SERVING")
+        for service in self._services:
+            await self.servicer.set(service, SERVING if serving else NOT_SERVING)
+
+    def mark_unavailable(self) -> None:
+        """Called from request handling when the database could not be reached."""
+        if self._serving and not self._stopped:
+            asyncio.get_running_loop().create_task(self.set_serving(False))
+
+    async def probe(self) -> bool:
+        try:
+            async with self._pool.connection(timeout=max(self._interval, 1.0)) as conn:
+                await conn.execute("SELECT 1")
+        except Exception as exc:
+            if not is_unavailable(exc):
+                log.exception("health probe failed unexpectedly")
+            return False
+        return True
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="health-probe")
+
+    async def _run(self) -> None:
+        while not self._stopped:
+            await self.set_serving(await self.probe())
+            await asyncio.sleep(self._interval)
+
+    async def shutdown(self) -> None:
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.servicer.enter_graceful_shutdown()

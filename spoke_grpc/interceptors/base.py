@@ -1,0 +1,54 @@
+"""A server interceptor that wraps unary spoke.v1 behaviours with its policy at hand."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from spoke_grpc.policy import POLICIES
+from spoke_grpc.types import Policy
+
+Behavior = Callable[[Any, aio.ServicerContext], Awaitable[Any]]
+
+
+class PolicyInterceptor(aio.ServerInterceptor, abc.ABC):
+    """Subclasses implement ``intercept``; wrapped handlers are cached per method."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        policy = POLICIES.get(method)
+        if policy is None or handler is None or handler.unary_unary is None:
+            return handler
+        inner: Behavior = handler.unary_unary
+
+        async def behavior(request: Any, context: aio.ServicerContext) -> Any:
+            return await self.intercept(policy, request, context, inner)
+
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    @abc.abstractmethod
+    async def intercept(
+        self, policy: Policy, request: Any, context: aio.ServicerContext, call_next: Behavior
+    ) -> Any:
+        """Runs around ``call_next(request, context)``."""

@@ -1,0 +1,54 @@
+"""Turns exceptions into gRPC statuses with google.rpc details.
+
+SpokeError → its own code and details. A database that cannot be reached → UNAVAILABLE
+(and the health monitor is told at once). Anything else is a bug: INTERNAL with a
+reference the log line carries, never the exception text, SQL or a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from grpc import aio
+from grpc_status import rpc_status
+
+from spoke_grpc.database import is_unavailable, unavailable
+from spoke_grpc.errors import Internal, SpokeError
+from spoke_grpc.interceptors.base import Behavior, PolicyInterceptor
+from spoke_grpc.types import Policy
+
+log = logging.getLogger(__name__)
+
+
+class ErrorsInterceptor(PolicyInterceptor):
+    def __init__(self, on_database_unavailable: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
+        self._on_database_unavailable = on_database_unavailable
+
+    async def intercept(
+        self, policy: Policy, request: Any, context: aio.ServicerContext, call_next: Behavior
+    ) -> Any:
+        try:
+            return await call_next(request, context)
+        except (aio.AbortError, asyncio.CancelledError):
+            raise
+        except SpokeError as exc:
+            log.debug("%s failed: %s %s", policy.method, exc.code.name, exc.message)
+            error: SpokeError = exc
+        except Exception as exc:
+            error = self._classify(policy, exc)
+        status = rpc_status.to_status(error.to_status())
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    def _classify(self, policy: Policy, exc: Exception) -> SpokeError:
+        if is_unavailable(exc):
+            log.warning("%s: database unavailable: %s", policy.method, exc)
+            self._on_database_unavailable()
+            return unavailable(exc)
+        reference = uuid.uuid4().hex[:12]
+        log.error("%s: internal error %s", policy.method, reference, exc_info=exc)
+        return Internal(f"internal error (reference {reference}); the server log has the details")

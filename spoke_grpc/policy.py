@@ -1,0 +1,59 @@
+"""Reads each RPC's ``spoke.v1.policy`` option from the generated descriptors.
+
+The table is built once at import from the protos, so the interceptors enforce
+exactly what the contract declares and a method without a policy fails closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import ModuleType
+
+from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
+from spoke.v1 import (
+    member_pb2,
+    module_pb2,
+    organization_pb2,
+    policy_pb2,
+    quota_pb2,
+    user_pb2,
+)
+
+from spoke_grpc.types import Access, Policy, QuotaKind
+
+PROTO_MODULES: tuple[ModuleType, ...] = (
+    user_pb2,
+    organization_pb2,
+    member_pb2,
+    quota_pb2,
+    module_pb2,
+)
+
+
+def services(modules: Iterable[ModuleType] = PROTO_MODULES) -> list[ServiceDescriptor]:
+    found: list[ServiceDescriptor] = []
+    for module in modules:
+        file: FileDescriptor = module.DESCRIPTOR
+        found.extend(file.services_by_name.values())
+    return found
+
+
+def load_policies(modules: Iterable[ModuleType] = PROTO_MODULES) -> dict[str, Policy]:
+    """Maps full method paths (``/spoke.v1.UserService/GetCurrentUser``) to policies."""
+    table: dict[str, Policy] = {}
+    for service in services(modules):
+        for method in service.methods:
+            path = f"/{service.full_name}/{method.name}"
+            declared = method.GetOptions().Extensions[policy_pb2.policy]
+            table[path] = Policy(
+                method=path,
+                access=Access(declared.access),
+                read_only=declared.read_only,
+                quota=QuotaKind(declared.quota),
+                public_read=declared.public_read,
+                org_scoped="org" in method.input_type.fields_by_name,
+            )
+    return table
+
+
+POLICIES: Mapping[str, Policy] = load_policies()

@@ -1,0 +1,123 @@
+"""The grpc.aio server: spoke.v1 services behind the interceptors, plus health and reflection.
+
+Lifecycle: ``start`` opens the pool and serves; ``stop`` turns health NOT_SERVING,
+refuses new calls, lets in-flight calls finish within the grace period, then closes
+the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from spoke.v1 import (
+    member_pb2,
+    member_pb2_grpc,
+    module_pb2,
+    module_pb2_grpc,
+    organization_pb2_grpc,
+    quota_pb2,
+    quota_pb2_grpc,
+    user_pb2_grpc,
+)
+
+from spoke_grpc.app import App
+from spoke_grpc.config import ConfigError, Settings
+from spoke_grpc.database import create_pool
+from spoke_grpc.health import DatabaseHealth
+from spoke_grpc.interceptors.auth import AuthInterceptor
+from spoke_grpc.interceptors.errors import ErrorsInterceptor
+from spoke_grpc.interceptors.org_context import OrgContextInterceptor
+from spoke_grpc.policy import services
+from spoke_grpc.servicers.organizations import OrganizationServicer
+from spoke_grpc.servicers.unimplemented import unimplemented_servicer
+from spoke_grpc.servicers.users import UserServicer
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 2**20
+
+
+@dataclass
+class SpokeServer:
+    settings: Settings
+    database_url: str
+
+    def __post_init__(self) -> None:
+        self.pool = create_pool(self.database_url, self.settings)
+        self.app = App(self.settings, self.pool)
+        self.health = DatabaseHealth(
+            HealthServicer(),
+            self.pool,
+            [s.full_name for s in services()],
+            self.settings.health_check_interval_seconds,
+        )
+        self._server: aio.Server | None = None
+        self.port = 0
+
+    async def start(self, listen: str | None = None) -> int:
+        """Opens the pool and starts serving; returns the bound port."""
+        await self.pool.open(wait=True, timeout=self.settings.pool_timeout_seconds)
+        server = aio.server(
+            interceptors=[
+                ErrorsInterceptor(self.health.mark_unavailable),
+                AuthInterceptor(self.pool),
+                OrgContextInterceptor(self.pool),
+            ],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 1),
+            ],
+        )
+        self._add_services(server)
+        address = listen or self.settings.listen
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            await self.pool.close()
+            raise ConfigError(f"cannot listen on {address}: {exc}") from None
+        await server.start()
+        self._server = server
+        await self.health.set_serving(await self.health.probe())
+        self.health.start()
+        log.info("serving spoke.v1 on %s (port %d)", address, self.port)
+        return self.port
+
+    def _add_services(self, server: aio.Server) -> None:
+        user_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(self.app), server)
+        organization_pb2_grpc.add_OrganizationServiceServicer_to_server(
+            OrganizationServicer(self.app), server
+        )
+        for pb2, grpc_module, name in (
+            (member_pb2, member_pb2_grpc, "MemberService"),
+            (quota_pb2, quota_pb2_grpc, "QuotaService"),
+            (module_pb2, module_pb2_grpc, "ModuleService"),
+        ):
+            servicer = unimplemented_servicer(
+                getattr(grpc_module, f"{name}Servicer"), pb2.DESCRIPTOR.services_by_name[name]
+            )
+            getattr(grpc_module, f"add_{name}Servicer_to_server")(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        names = [s.full_name for s in services()]
+        names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, refuse new calls, drain in-flight ones, close the pool."""
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        await self.health.shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        await self.pool.close()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+

@@ -1,0 +1,1 @@
+"""One servicer per proto service: parse the request, call the domain, build the response."""

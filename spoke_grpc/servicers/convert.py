@@ -1,0 +1,68 @@
+"""Conversions between stored values and proto messages/enums, shared by the servicers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from spoke.v1 import member_pb2, organization_pb2
+
+from spoke_grpc.errors import InvalidArgument
+from spoke_grpc.tiers import QuotaTier
+from spoke_grpc.types import OrgStatus, Role
+
+TIER_TO_PROTO = {
+    QuotaTier.SMALL: organization_pb2.QUOTA_TIER_SMALL,
+    QuotaTier.MEDIUM: organization_pb2.QUOTA_TIER_MEDIUM,
+    QuotaTier.LARGE: organization_pb2.QUOTA_TIER_LARGE,
+    QuotaTier.UNLIMITED: organization_pb2.QUOTA_TIER_UNLIMITED,
+}
+STATUS_TO_PROTO = {
+    OrgStatus.ACTIVE: organization_pb2.ORGANIZATION_STATUS_ACTIVE,
+    OrgStatus.SUSPENDED: organization_pb2.ORGANIZATION_STATUS_SUSPENDED,
+}
+ROLE_TO_PROTO = {
+    Role.ADMIN: member_pb2.ROLE_ADMIN,
+    Role.DEVELOPER: member_pb2.ROLE_DEVELOPER,
+    Role.VIEWER: member_pb2.ROLE_VIEWER,
+}
+_TIER_FROM_PROTO = {v: k for k, v in TIER_TO_PROTO.items()}
+_STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
+_ROLE_FROM_PROTO = {v: k for k, v in ROLE_TO_PROTO.items()}
+
+
+def timestamp(value: dt.datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def tier_from_proto(field: str, value: int, *, required: bool) -> QuotaTier | None:
+    """None for QUOTA_TIER_UNSPECIFIED when not ``required``; INVALID_ARGUMENT otherwise."""
+    if value == organization_pb2.QUOTA_TIER_UNSPECIFIED and not required:
+        return None
+    tier = _TIER_FROM_PROTO.get(value)
+    if tier is None:
+        raise InvalidArgument.field(field, _enum_message("QUOTA_TIER_", TIER_TO_PROTO, value))
+    return tier
+
+
+def status_from_proto(field: str, value: int) -> OrgStatus:
+    status = _STATUS_FROM_PROTO.get(value)
+    if status is None:
+        raise InvalidArgument.field(
+            field, _enum_message("ORGANIZATION_STATUS_", STATUS_TO_PROTO, value)
+        )
+    return status
+
+
+def role_from_proto(field: str, value: int) -> Role:
+    role = _ROLE_FROM_PROTO.get(value)
+    if role is None:
+        raise InvalidArgument.field(field, _enum_message("ROLE_", ROLE_TO_PROTO, value))
+    return role
+
+
+def _enum_message(prefix: str, known: dict[str, int], value: int) -> str:
+    names = ", ".join(prefix + str(k).upper() for k in known)
+    return f"must be one of {names}; got {value}"

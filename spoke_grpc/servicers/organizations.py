@@ -1,0 +1,150 @@
+"""spoke.v1.OrganizationService."""
+
+from __future__ import annotations
+
+from grpc import aio
+from spoke.v1 import organization_pb2, organization_pb2_grpc
+
+from spoke_grpc import pagination
+from spoke_grpc.app import App
+from spoke_grpc.call import current_call
+from spoke_grpc.domain import organizations as domain
+from spoke_grpc.errors import InvalidArgument
+from spoke_grpc.servicers.convert import (
+    STATUS_TO_PROTO,
+    TIER_TO_PROTO,
+    status_from_proto,
+    tier_from_proto,
+    timestamp,
+)
+from spoke_grpc.store import organizations as store
+from spoke_grpc.store.organizations import OrgRow
+from spoke_grpc.tiers import QuotaTier
+from spoke_grpc.types import OrgStatus
+
+_UPDATABLE_PATHS = ("display_name", "description", "settings", "quota_tier", "status")
+_IMMUTABLE_PATHS = ("id", "name", "owner_id", "create_time", "update_time")
+
+
+def org_to_proto(row: OrgRow) -> organization_pb2.Organization:
+    return organization_pb2.Organization(
+        id=str(row.id),
+        name=row.name,
+        display_name=row.display_name,
+        description=row.description,
+        owner_id=str(row.owner_id),
+        quota_tier=TIER_TO_PROTO[QuotaTier(row.quota_tier)],
+        status=STATUS_TO_PROTO[OrgStatus(row.status)],
+        settings=row.settings,
+        create_time=timestamp(row.created_at),
+        update_time=timestamp(row.updated_at),
+    )
+
+
+def update_from_proto(request: organization_pb2.UpdateOrganizationRequest) -> domain.OrganizationUpdate:
+    """Reads exactly the masked fields; an empty or unknown path is INVALID_ARGUMENT."""
+    paths = list(request.update_mask.paths)
+    if not paths:
+        raise InvalidArgument.field(
+            "update_mask", f"required: list the fields to update ({', '.join(_UPDATABLE_PATHS)})"
+        )
+    source = request.organization
+    values: dict[str, object] = {}
+    for path in paths:
+        if path in _IMMUTABLE_PATHS:
+            raise InvalidArgument.field("update_mask", f"{path!r} cannot be updated")
+        if path not in _UPDATABLE_PATHS:
+            raise InvalidArgument.field(
+                "update_mask", f"unknown field {path!r}; updatable: {', '.join(_UPDATABLE_PATHS)}"
+            )
+        if path in values:
+            raise InvalidArgument.field("update_mask", f"{path!r} is listed twice")
+        if path == "quota_tier":
+            values[path] = tier_from_proto("organization.quota_tier", source.quota_tier, required=True)
+        elif path == "status":
+            values[path] = status_from_proto("organization.status", source.status)
+        elif path == "settings":
+            values[path] = dict(source.settings)
+        else:
+            values[path] = getattr(source, path)
+    return domain.OrganizationUpdate(**values)  # type: ignore[arg-type]
+
+
+class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    async def CreateOrganization(
+        self, request: organization_pb2.CreateOrganizationRequest, context: aio.ServicerContext
+    ) -> organization_pb2.CreateOrganizationResponse:
+        call = current_call()
+        new = domain.NewOrganization(
+            name=request.name,
+            display_name=request.display_name,
+            description=request.description,
+            quota_tier=tier_from_proto("quota_tier", request.quota_tier, required=False),
+            settings=dict(request.settings),
+        )
+        async with self._app.pool.connection() as conn:
+            row = await domain.create_organization(
+                conn,
+                new,
+                principal=call.require_principal(),
+                default_tier=self._app.settings.default_quota_tier,
+                method=call.policy.method,
+            )
+        return organization_pb2.CreateOrganizationResponse(organization=org_to_proto(row))
+
+    async def GetOrganization(
+        self, request: organization_pb2.GetOrganizationRequest, context: aio.ServicerContext
+    ) -> organization_pb2.GetOrganizationResponse:
+        org = current_call().require_org()
+        async with self._app.pool.connection() as conn:
+            row = await domain.get_organization(conn, org)
+        return organization_pb2.GetOrganizationResponse(organization=org_to_proto(row))
+
+    async def ListOrganizations(
+        self, request: organization_pb2.ListOrganizationsRequest, context: aio.ServicerContext
+    ) -> organization_pb2.ListOrganizationsResponse:
+        principal = current_call().require_principal()
+        page = pagination.page_request(
+            "organizations", request.page_size, request.page_token, (pagination.text,)
+        )
+        member_id = None if principal.is_admin else principal.user_id
+        async with self._app.pool.connection() as conn:
+            rows = await store.list_orgs(conn, member_id, page)
+        return organization_pb2.ListOrganizationsResponse(
+            organizations=[org_to_proto(r) for r in rows[: page.size]],
+            next_page_token=pagination.next_page_token(
+                "organizations", rows, page, lambda r: [r.name]
+            ),
+        )
+
+    async def UpdateOrganization(
+        self, request: organization_pb2.UpdateOrganizationRequest, context: aio.ServicerContext
+    ) -> organization_pb2.UpdateOrganizationResponse:
+        call = current_call()
+        update = update_from_proto(request)
+        async with self._app.pool.connection() as conn:
+            row = await domain.update_organization(
+                conn,
+                call.require_org(),
+                update,
+                principal=call.require_principal(),
+                method=call.policy.method,
+            )
+        return organization_pb2.UpdateOrganizationResponse(organization=org_to_proto(row))
+
+    async def DeleteOrganization(
+        self, request: organization_pb2.DeleteOrganizationRequest, context: aio.ServicerContext
+    ) -> organization_pb2.DeleteOrganizationResponse:
+        call = current_call()
+        async with self._app.pool.connection() as conn:
+            await domain.delete_organization(
+                conn,
+                call.require_org(),
+                force=request.force,
+                principal=call.require_principal(),
+                method=call.policy.method,
+            )
+        return organization_pb2.DeleteOrganizationResponse()

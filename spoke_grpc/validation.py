@@ -1,0 +1,92 @@
+"""Field rules shared by the servicers. Each check adds to a ``Violations`` so that a
+request with several bad fields is answered with all of them at once."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+
+from spoke_grpc.errors import FieldViolation, InvalidArgument
+
+ORG_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")
+MODULE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{1,38}[a-z0-9]$")
+# Deliberately simple: one @, a dot in the domain, no spaces or control characters.
+EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f.]+$")
+
+MAX_DISPLAY_NAME = 200
+MAX_DESCRIPTION = 2000
+MAX_EMAIL = 254
+MAX_SETTINGS = 64
+MAX_SETTING_KEY = 64
+MAX_SETTING_VALUE = 1024
+
+
+class Violations:
+    """Collects field violations; ``raise_if_any`` raises one InvalidArgument for all."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+    def slug(self, field: str, value: str, *, kind: str = "organization") -> None:
+        pattern = MODULE_NAME_RE if kind == "module" else ORG_NAME_RE
+        allowed = "a-z, 0-9, '-', '_'" if kind == "module" else "a-z, 0-9, '-'"
+        if not value:
+            self.add(field, "required")
+        elif not pattern.fullmatch(value) or "--" in value:
+            self.add(
+                field,
+                f"must be 3-40 characters of {allowed}, start with a letter, "
+                "end with a letter or digit, and contain no '--'",
+            )
+        elif parse_uuid(value) is not None:
+            self.add(field, "must not be a UUID (ids and names share the same fields)")
+
+    def text(self, field: str, value: str, *, max_length: int, required: bool = False) -> None:
+        if required and not value.strip():
+            self.add(field, "required")
+        elif len(value) > max_length:
+            self.add(field, f"must be at most {max_length} characters, got {len(value)}")
+        elif any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+            self.add(field, "must not contain control characters")
+
+    def email(self, field: str, value: str) -> None:
+        if not value:
+            self.add(field, "required")
+        elif len(value) > MAX_EMAIL or not EMAIL_RE.fullmatch(value):
+            self.add(field, "must be a valid email address of at most 254 characters")
+
+    def settings(self, field: str, value: Mapping[str, str]) -> None:
+        if len(value) > MAX_SETTINGS:
+            self.add(field, f"must have at most {MAX_SETTINGS} keys, got {len(value)}")
+            return
+        for key, item in value.items():
+            if not key or len(key) > MAX_SETTING_KEY:
+                self.add(f"{field}[{key[:MAX_SETTING_KEY]!r}]", f"keys must be 1-{MAX_SETTING_KEY} characters")
+            elif len(item) > MAX_SETTING_VALUE:
+                self.add(f"{field}[{key!r}]", f"values must be at most {MAX_SETTING_VALUE} characters")
+
+    def uuid(self, field: str, value: str) -> uuid.UUID | None:
+        parsed = parse_uuid(value)
+        if not value:
+            self.add(field, "required")
+        elif parsed is None:
+            self.add(field, "must be a UUID")
+        return parsed
+
+
+def parse_uuid(value: str) -> uuid.UUID | None:
+    """The UUID written canonically in ``value`` (any case), or None."""
+    if len(value) != 36:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
