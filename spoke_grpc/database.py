@@ -7,6 +7,8 @@ works without a restart.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
@@ -43,3 +45,9 @@ def is_unavailable(exc: BaseException) -> bool:
 
 def unavailable(exc: BaseException) -> Unavailable:
     return Unavailable("the database is unavailable; retry with backoff")
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` (postgresql://…) pointing at another database on the same server."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))

