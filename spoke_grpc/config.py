@@ -65,7 +65,9 @@ class Settings:
             tier = QuotaTier(tier_raw.strip().lower())
         except ValueError:
             choices = ", ".join(t.value for t in QuotaTier)
-            raise ConfigError(f"DEFAULT_QUOTA_TIER must be one of {choices}, got {tier_raw!r}") from None
+            raise ConfigError(
+                f"DEFAULT_QUOTA_TIER must be one of {choices}, got {tier_raw!r}"
+            ) from None
 
         pool_min = int(number("SPOKE_POOL_MIN_SIZE", defaults.pool_min_size, minimum=1))
         pool_max = int(number("SPOKE_POOL_MAX_SIZE", defaults.pool_max_size, minimum=1))

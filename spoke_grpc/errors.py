@@ -11,7 +11,7 @@ Domain and store code never touch ``grpc.StatusCode``: they raise one of these, 
     ├── NotFound                    NOT_FOUND
     ├── AlreadyExists               ALREADY_EXISTS
     ├── FailedPrecondition          FAILED_PRECONDITION  + PreconditionFailure violations
-    ├── QuotaExceeded               RESOURCE_EXHAUSTED   + QuotaFailure (+ RetryInfo for rate windows)
+    ├── QuotaExceeded               RESOURCE_EXHAUSTED   + QuotaFailure (+ RetryInfo: rate windows)
     ├── Unavailable                 UNAVAILABLE          + RetryInfo
     ├── Unimplemented               UNIMPLEMENTED
     └── Internal                    INTERNAL
@@ -234,4 +234,3 @@ class Internal(SpokeError):
 
     code = grpc.StatusCode.INTERNAL
     reason = "INTERNAL"
-

@@ -49,7 +49,11 @@ class DatabaseHealth:
         if self._stopped or serving == self._serving:
             return
         self._serving = serving
-        log.log(logging.INFO if serving else logging.WARNING, "health: %s", "SERVING" if serving else "NOT_SERVING")
+        log.log(
+            logging.INFO if serving else logging.WARNING,
+            "health: %s",
+            "SERVING" if serving else "NOT_SERVING",
+        )
         for service in self._services:
             await self.servicer.set(service, SERVING if serving else NOT_SERVING)
 

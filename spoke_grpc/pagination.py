@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import datetime as dt
+import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,7 +83,11 @@ def _decode(list_name: str, token: str) -> list[Any]:
         data = json.loads(raw)
     except (binascii.Error, ValueError):
         raise bad from None
-    if not isinstance(data, dict) or data.get("l") != list_name or not isinstance(data.get("k"), list):
+    if (
+        not isinstance(data, dict)
+        or data.get("l") != list_name
+        or not isinstance(data.get("k"), list)
+    ):
         raise bad
     key: list[Any] = data["k"]
     return key

@@ -44,7 +44,8 @@ def load_policies(modules: Iterable[ModuleType] = PROTO_MODULES) -> dict[str, Po
     for service in services(modules):
         for method in service.methods:
             path = f"/{service.full_name}/{method.name}"
-            declared = method.GetOptions().Extensions[policy_pb2.policy]
+            options = method.GetOptions()
+            declared: policy_pb2.MethodPolicy = options.Extensions[policy_pb2.policy]  # type: ignore[index]
             table[path] = Policy(
                 method=path,
                 access=Access(declared.access),

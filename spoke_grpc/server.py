@@ -104,7 +104,10 @@ class SpokeServer:
             getattr(grpc_module, f"add_{name}Servicer_to_server")(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         names = [s.full_name for s in services()]
-        names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        names += [
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
         reflection.enable_server_reflection(names, server)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -120,4 +123,3 @@ class SpokeServer:
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
-

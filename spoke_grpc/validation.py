@@ -69,9 +69,14 @@ class Violations:
             return
         for key, item in value.items():
             if not key or len(key) > MAX_SETTING_KEY:
-                self.add(f"{field}[{key[:MAX_SETTING_KEY]!r}]", f"keys must be 1-{MAX_SETTING_KEY} characters")
+                self.add(
+                    f"{field}[{key[:MAX_SETTING_KEY]!r}]",
+                    f"keys must be 1-{MAX_SETTING_KEY} characters",
+                )
             elif len(item) > MAX_SETTING_VALUE:
-                self.add(f"{field}[{key!r}]", f"values must be at most {MAX_SETTING_VALUE} characters")
+                self.add(
+                    f"{field}[{key!r}]", f"values must be at most {MAX_SETTING_VALUE} characters"
+                )
 
     def uuid(self, field: str, value: str) -> uuid.UUID | None:
         parsed = parse_uuid(value)

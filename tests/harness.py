@@ -67,7 +67,9 @@ def database_name(database_url: str) -> str:
 def drop_database(url: str, database_url: str) -> None:
     name = database_name(database_url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def migrated_template(url: str) -> str:
@@ -137,7 +139,9 @@ class Client:
 
     def __post_init__(self) -> None:
         self.users = _Bound(user_pb2_grpc.UserServiceStub(self.channel), self.metadata)
-        self.orgs = _Bound(organization_pb2_grpc.OrganizationServiceStub(self.channel), self.metadata)
+        self.orgs = _Bound(
+            organization_pb2_grpc.OrganizationServiceStub(self.channel), self.metadata
+        )
         self.members = _Bound(member_pb2_grpc.MemberServiceStub(self.channel), self.metadata)
         self.quotas = _Bound(quota_pb2_grpc.QuotaServiceStub(self.channel), self.metadata)
         self.modules = _Bound(module_pb2_grpc.ModuleServiceStub(self.channel), self.metadata)
@@ -178,7 +182,9 @@ def failure(call: Callable[[], Any]) -> RpcFailure:
         call()
     except grpc.RpcError as exc:
         status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-        assert status is not None, f"{exc.code()} without google.rpc.Status details: {exc.details()}"
+        assert status is not None, (
+            f"{exc.code()} without google.rpc.Status details: {exc.details()}"
+        )
         assert exc.code() is not grpc.StatusCode.UNKNOWN
         return RpcFailure(exc.code(), exc.details() or "", status)  # type: ignore[attr-defined]
     raise AssertionError("the call succeeded")

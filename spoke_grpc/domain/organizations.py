@@ -82,7 +82,10 @@ async def create_organization(
     await audit.record(
         conn,
         audit.AuditEvent(
-            method=method, actor_id=principal.user_id, org_id=org.id, target=f"organizations/{org.name}"
+            method=method,
+            actor_id=principal.user_id,
+            org_id=org.id,
+            target=f"organizations/{org.name}",
         ),
     )
     return org
@@ -106,7 +109,10 @@ async def update_organization(
     violations = Violations()
     if update.display_name is not None:
         violations.text(
-            "organization.display_name", update.display_name, max_length=MAX_DISPLAY_NAME, required=True
+            "organization.display_name",
+            update.display_name,
+            max_length=MAX_DISPLAY_NAME,
+            required=True,
         )
     if update.description is not None:
         violations.text("organization.description", update.description, max_length=MAX_DESCRIPTION)
@@ -159,6 +165,7 @@ async def delete_organization(
             method=method,
             actor_id=principal.user_id,
             org_id=org.id,
-            target=f"organizations/{org.name}" + (f" (force, {modules} modules)" if modules else ""),
+            target=f"organizations/{org.name}"
+            + (f" (force, {modules} modules)" if modules else ""),
         ),
     )

@@ -43,7 +43,8 @@ async def create_user(
     token = tokens.issue()
     await users.insert_token(conn, user_id=user.id, token=token, description="initial token")
     await audit.record(
-        conn, audit.AuditEvent(method=method, actor_id=actor_id, org_id=None, target=f"users/{user.id}")
+        conn,
+        audit.AuditEvent(method=method, actor_id=actor_id, org_id=None, target=f"users/{user.id}"),
     )
     return CreatedUser(user=user, token=token)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
+from enum import StrEnum
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from spoke.v1 import member_pb2, organization_pb2
@@ -11,24 +13,24 @@ from spoke_grpc.errors import InvalidArgument
 from spoke_grpc.tiers import QuotaTier
 from spoke_grpc.types import OrgStatus, Role
 
-TIER_TO_PROTO = {
+TIER_TO_PROTO: dict[QuotaTier, organization_pb2.QuotaTier] = {
     QuotaTier.SMALL: organization_pb2.QUOTA_TIER_SMALL,
     QuotaTier.MEDIUM: organization_pb2.QUOTA_TIER_MEDIUM,
     QuotaTier.LARGE: organization_pb2.QUOTA_TIER_LARGE,
     QuotaTier.UNLIMITED: organization_pb2.QUOTA_TIER_UNLIMITED,
 }
-STATUS_TO_PROTO = {
+STATUS_TO_PROTO: dict[OrgStatus, organization_pb2.OrganizationStatus] = {
     OrgStatus.ACTIVE: organization_pb2.ORGANIZATION_STATUS_ACTIVE,
     OrgStatus.SUSPENDED: organization_pb2.ORGANIZATION_STATUS_SUSPENDED,
 }
-ROLE_TO_PROTO = {
+ROLE_TO_PROTO: dict[Role, member_pb2.Role] = {
     Role.ADMIN: member_pb2.ROLE_ADMIN,
     Role.DEVELOPER: member_pb2.ROLE_DEVELOPER,
     Role.VIEWER: member_pb2.ROLE_VIEWER,
 }
-_TIER_FROM_PROTO = {v: k for k, v in TIER_TO_PROTO.items()}
-_STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
-_ROLE_FROM_PROTO = {v: k for k, v in ROLE_TO_PROTO.items()}
+_TIER_FROM_PROTO: dict[int, QuotaTier] = {int(v): k for k, v in TIER_TO_PROTO.items()}
+_STATUS_FROM_PROTO: dict[int, OrgStatus] = {int(v): k for k, v in STATUS_TO_PROTO.items()}
+_ROLE_FROM_PROTO: dict[int, Role] = {int(v): k for k, v in ROLE_TO_PROTO.items()}
 
 
 def timestamp(value: dt.datetime) -> Timestamp:
@@ -63,6 +65,6 @@ def role_from_proto(field: str, value: int) -> Role:
     return role
 
 
-def _enum_message(prefix: str, known: dict[str, int], value: int) -> str:
-    names = ", ".join(prefix + str(k).upper() for k in known)
+def _enum_message(prefix: str, known: Iterable[StrEnum], value: int) -> str:
+    names = ", ".join(prefix + k.value.upper() for k in known)
     return f"must be one of {names}; got {value}"

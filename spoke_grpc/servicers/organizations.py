@@ -41,7 +41,9 @@ def org_to_proto(row: OrgRow) -> organization_pb2.Organization:
     )
 
 
-def update_from_proto(request: organization_pb2.UpdateOrganizationRequest) -> domain.OrganizationUpdate:
+def update_from_proto(
+    request: organization_pb2.UpdateOrganizationRequest,
+) -> domain.OrganizationUpdate:
     """Reads exactly the masked fields; an empty or unknown path is INVALID_ARGUMENT."""
     paths = list(request.update_mask.paths)
     if not paths:
@@ -60,7 +62,9 @@ def update_from_proto(request: organization_pb2.UpdateOrganizationRequest) -> do
         if path in values:
             raise InvalidArgument.field("update_mask", f"{path!r} is listed twice")
         if path == "quota_tier":
-            values[path] = tier_from_proto("organization.quota_tier", source.quota_tier, required=True)
+            values[path] = tier_from_proto(
+                "organization.quota_tier", source.quota_tier, required=True
+            )
         elif path == "status":
             values[path] = status_from_proto("organization.status", source.status)
         elif path == "settings":

@@ -121,7 +121,9 @@ async def _access(
 async def get_org(conn: AsyncConnection, org_id: uuid.UUID, *, lock: bool = False) -> OrgRow | None:
     suffix = " FOR UPDATE" if lock else ""
     async with conn.cursor(row_factory=class_row(OrgRow)) as cur:
-        await cur.execute(f"SELECT {_COLUMNS} FROM organizations o WHERE o.id = %s{suffix}", [org_id])
+        await cur.execute(
+            f"SELECT {_COLUMNS} FROM organizations o WHERE o.id = %s{suffix}", [org_id]
+        )
         return await cur.fetchone()
 
 

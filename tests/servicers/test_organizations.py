@@ -186,7 +186,9 @@ def test_list_shows_only_the_callers_orgs(admin: Client, users: Users) -> None:
     beta = create(bob, "beta")
     users.join(beta.id, alice, Role.VIEWER)
     create(bob, "gamma")
-    names = [o.name for o in alice.orgs.ListOrganizations(pb.ListOrganizationsRequest()).organizations]
+    names = [
+        o.name for o in alice.orgs.ListOrganizations(pb.ListOrganizationsRequest()).organizations
+    ]
     assert names == ["alpha", "beta"]
     all_names = admin.orgs.ListOrganizations(pb.ListOrganizationsRequest()).organizations
     assert [o.name for o in all_names] == ["alpha", "beta", "gamma"]
@@ -200,7 +202,9 @@ def test_list_pages_by_name_without_gaps_or_repeats(admin: Client) -> None:
     seen: list[str] = []
     token = ""
     while True:
-        page = admin.orgs.ListOrganizations(pb.ListOrganizationsRequest(page_size=5, page_token=token))
+        page = admin.orgs.ListOrganizations(
+            pb.ListOrganizationsRequest(page_size=5, page_token=token)
+        )
         seen += [o.name for o in page.organizations]
         token = page.next_page_token
         if not token:
@@ -318,7 +322,9 @@ def test_tier_and_status_need_a_platform_admin(users: Users, path: str) -> None:
     assert error.code is grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_tier_change_resets_quotas(admin: Client, users: Users, db: psycopg.Connection[Any]) -> None:
+def test_tier_change_resets_quotas(
+    admin: Client, users: Users, db: psycopg.Connection[Any]
+) -> None:
     org = create(users.create(), "tiered")
     updated = update(admin, org.name, ["quota_tier"], quota_tier=pb.QUOTA_TIER_MEDIUM)
     assert updated.quota_tier == pb.QUOTA_TIER_MEDIUM
@@ -338,14 +344,16 @@ def test_suspended_org_is_read_only_until_a_platform_admin_reactivates_it(
     owner = users.create()
     org = create(owner, "paused")
     update(admin, org.id, ["status"], status=pb.ORGANIZATION_STATUS_SUSPENDED)
-    assert owner.orgs.GetOrganization(pb.GetOrganizationRequest(org="paused")).organization.status == (
-        pb.ORGANIZATION_STATUS_SUSPENDED
-    )
+    assert owner.orgs.GetOrganization(
+        pb.GetOrganizationRequest(org="paused")
+    ).organization.status == (pb.ORGANIZATION_STATUS_SUSPENDED)
     error = failure(lambda: update(owner, "paused", ["description"], description="x"))
     assert error.code is grpc.StatusCode.FAILED_PRECONDITION
     violation = error.detail(error_details_pb2.PreconditionFailure).violations[0]
     assert violation.type == "ORGANIZATION_SUSPENDED"
-    delete = failure(lambda: owner.orgs.DeleteOrganization(pb.DeleteOrganizationRequest(org="paused")))
+    delete = failure(
+        lambda: owner.orgs.DeleteOrganization(pb.DeleteOrganizationRequest(org="paused"))
+    )
     assert delete.code is grpc.StatusCode.FAILED_PRECONDITION
     update(admin, org.id, ["status"], status=pb.ORGANIZATION_STATUS_ACTIVE)
     assert update(owner, "paused", ["description"], description="back").description == "back"
@@ -363,7 +371,8 @@ def test_delete_is_for_the_owner(users: Users, db: psycopg.Connection[Any]) -> N
     assert db.execute("SELECT count(*) FROM organizations").fetchone() == (0,)
     assert db.execute("SELECT count(*) FROM organization_members").fetchone() == (0,)
     assert db.execute(
-        "SELECT count(*) FROM audit_events WHERE org_id = %s AND method LIKE '%%DeleteOrganization'",
+        "SELECT count(*) FROM audit_events"
+        " WHERE org_id = %s AND method LIKE '%%DeleteOrganization'",
         [org.id],
     ).fetchone() == (1,)
     gone = failure(lambda: owner.orgs.GetOrganization(pb.GetOrganizationRequest(org="doomed")))

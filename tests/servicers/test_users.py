@@ -75,7 +75,9 @@ def test_create_user_returns_a_working_token(admin: Client, db: psycopg.Connecti
 
 def test_duplicate_email_is_already_exists_case_insensitively(admin: Client) -> None:
     admin.users.CreateUser(user_pb2.CreateUserRequest(email="dup@example.com"))
-    error = failure(lambda: admin.users.CreateUser(user_pb2.CreateUserRequest(email="DUP@example.COM")))
+    error = failure(
+        lambda: admin.users.CreateUser(user_pb2.CreateUserRequest(email="DUP@example.COM"))
+    )
     assert error.code is grpc.StatusCode.ALREADY_EXISTS
     assert error.error_info.reason == "ALREADY_EXISTS"
 
@@ -160,7 +162,9 @@ def test_list_api_tokens_pages_through_everything(users: Users) -> None:
     token = ""
     pages = 0
     while True:
-        page = hank.users.ListApiTokens(user_pb2.ListApiTokensRequest(page_size=3, page_token=token))
+        page = hank.users.ListApiTokens(
+            user_pb2.ListApiTokensRequest(page_size=3, page_token=token)
+        )
         assert len(page.api_tokens) <= 3
         seen += [t.description for t in page.api_tokens]
         pages += 1
