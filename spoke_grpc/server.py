@@ -29,6 +29,7 @@ from spoke_grpc.app import App
 from spoke_grpc.config import ConfigError, Settings
 from spoke_grpc.database import create_pool
 from spoke_grpc.health import DatabaseHealth
+from spoke_grpc.interceptors.audit import AuditInterceptor
 from spoke_grpc.interceptors.auth import AuthInterceptor
 from spoke_grpc.interceptors.errors import ErrorsInterceptor
 from spoke_grpc.interceptors.org_context import OrgContextInterceptor
@@ -65,6 +66,7 @@ class SpokeServer:
         server = aio.server(
             interceptors=[
                 ErrorsInterceptor(self.health.mark_unavailable),
+                AuditInterceptor(self.pool),
                 AuthInterceptor(self.pool),
                 OrgContextInterceptor(self.pool),
             ],

@@ -49,8 +49,8 @@ class OrgContextInterceptor(PolicyInterceptor):
         call = current_call()
         ref = str(request.org)
         org = await self._resolve(ref, call.principal)
+        set_call(replace(call, org=org))  # before the check, so refusals are audited with it
         check_access(policy, call.principal, org, ref)
-        set_call(replace(call, org=org))
         return await call_next(request, context)
 
     async def _resolve(self, ref: str, principal: Principal | None) -> OrgContext:
