@@ -51,12 +51,19 @@ class SpokeError(Exception):
     """Base of every error a caller may see. ``message`` is safe to show to clients."""
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
-    reason: ClassVar[str] = "INTERNAL"
+    default_reason: ClassVar[str] = "INTERNAL"
 
-    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.metadata = dict(metadata or {})
+        self.reason = reason or self.default_reason
 
     def details(self) -> list[any_pb2.Any]:
         """The ``google.rpc`` detail messages after the ErrorInfo."""
@@ -80,7 +87,7 @@ class InvalidArgument(SpokeError):
     """One or more request fields are invalid; the caller must fix the request."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
-    reason = "INVALID_ARGUMENT"
+    default_reason = "INVALID_ARGUMENT"
 
     def __init__(self, violations: Sequence[FieldViolation]) -> None:
         if not violations:
@@ -109,21 +116,21 @@ class Unauthenticated(SpokeError):
     """No valid API token: send ``authorization: Bearer spoke_...`` metadata."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
-    reason = "UNAUTHENTICATED"
+    default_reason = "UNAUTHENTICATED"
 
 
 class PermissionDenied(SpokeError):
     """The caller is known but its role does not allow the call."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
-    reason = "PERMISSION_DENIED"
+    default_reason = "PERMISSION_DENIED"
 
 
 class NotFound(SpokeError):
     """The resource does not exist, or the caller may not know that it does."""
 
     code = grpc.StatusCode.NOT_FOUND
-    reason = "NOT_FOUND"
+    default_reason = "NOT_FOUND"
 
     def __init__(self, kind: str, ref: str) -> None:
         super().__init__(f"{kind} {ref!r} not found", metadata={"kind": kind, "ref": ref})
@@ -133,7 +140,7 @@ class AlreadyExists(SpokeError):
     """A resource with the same unique name already exists."""
 
     code = grpc.StatusCode.ALREADY_EXISTS
-    reason = "ALREADY_EXISTS"
+    default_reason = "ALREADY_EXISTS"
 
     def __init__(self, kind: str, ref: str) -> None:
         super().__init__(f"{kind} {ref!r} already exists", metadata={"kind": kind, "ref": ref})
@@ -143,7 +150,7 @@ class FailedPrecondition(SpokeError):
     """The system is not in a state that allows the call; retrying as-is will not help."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "FAILED_PRECONDITION"
+    default_reason = "FAILED_PRECONDITION"
 
     def __init__(self, violation: PreconditionViolation) -> None:
         super().__init__(violation.description, metadata={"type": violation.type})
@@ -166,7 +173,7 @@ class QuotaExceeded(SpokeError):
     """An allocation quota or a rate window of the organization is used up."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    reason = "RESOURCE_QUOTA_EXCEEDED"
+    default_reason = "RESOURCE_QUOTA_EXCEEDED"
 
     def __init__(
         self,
@@ -181,12 +188,11 @@ class QuotaExceeded(SpokeError):
         super().__init__(
             f"{label} quota exceeded: {current} of {limit} used",
             metadata={"quota": quota, "limit": str(limit), "current": str(current)},
+            reason="RATE_LIMIT_EXCEEDED" if retry_after_seconds is not None else None,
         )
         self.quota = quota
         self.subject = subject
         self.retry_after_seconds = retry_after_seconds
-        if retry_after_seconds is not None:
-            self.reason = "RATE_LIMIT_EXCEEDED"  # type: ignore[misc]
 
     def details(self) -> list[any_pb2.Any]:
         failure = error_details_pb2.QuotaFailure(
@@ -209,7 +215,7 @@ class Unavailable(SpokeError):
     """A dependency (the database) cannot be reached now; retry with backoff."""
 
     code = grpc.StatusCode.UNAVAILABLE
-    reason = "DATABASE_UNAVAILABLE"
+    default_reason = "DATABASE_UNAVAILABLE"
 
     def __init__(self, message: str, *, retry_after_seconds: int = 1) -> None:
         super().__init__(message)
@@ -226,11 +232,11 @@ class Unimplemented(SpokeError):
     """The RPC is part of the contract but this server does not implement it yet."""
 
     code = grpc.StatusCode.UNIMPLEMENTED
-    reason = "UNIMPLEMENTED"
+    default_reason = "UNIMPLEMENTED"
 
 
 class Internal(SpokeError):
     """A bug on the server. The message carries a reference to find the logged traceback."""
 
     code = grpc.StatusCode.INTERNAL
-    reason = "INTERNAL"
+    default_reason = "INTERNAL"
