@@ -9,7 +9,7 @@ BUF_VERSION := 1.75.0
 BUF := node_modules/.bin/buf
 PROTOS := $(wildcard protos/spoke/v1/*.proto)
 
-.PHONY: run test lint generate check-generated migrate bench install clean
+.PHONY: run test lint generate check-generated migrate install clean
 
 run: $(STAMP)
 	$(VENV)/bin/spoke-grpc serve
