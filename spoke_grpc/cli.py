@@ -105,6 +105,8 @@ async def _run_server(settings: Settings, url: str, listen: str | None) -> int:
     token_file = await ensure_bootstrap_admin(server.pool, settings.token_file)
     if token_file is not None:
         print(f"bootstrap platform-admin token written to {token_file} (mode 0600)", flush=True)
+    else:
+        log.info("users exist; no bootstrap admin created (see 'spoke-grpc users create')")
     print(
         f"spoke-grpc serving on {(listen or settings.listen).rsplit(':', 1)[0]}:{port}", flush=True
     )

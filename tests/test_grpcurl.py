@@ -142,6 +142,21 @@ def test_create_organization_returns_json(
     assert row == ("acme-corp",)
 
 
+def test_update_organization_with_a_field_mask_as_the_readme_shows(
+    admin: Client, server: ServerThread
+) -> None:
+    assert invoke(server, CREATE_ORG, {"name": "masked-corp"}, admin.token).returncode == 0
+    request = {
+        "org": "masked-corp",
+        "organization": {"description": "Rockets", "display_name": "ignored"},
+        "update_mask": {"paths": ["description"]},
+    }
+    result = invoke(server, "spoke.v1.OrganizationService/UpdateOrganization", request, admin.token)
+    assert result.returncode == 0, result.stderr
+    org = json.loads(result.stdout)["organization"]
+    assert (org["description"], org["display_name"]) == ("Rockets", "masked-corp")
+
+
 def test_create_organization_twice_is_already_exists(admin: Client, server: ServerThread) -> None:
     assert invoke(server, CREATE_ORG, {"name": "twice-corp"}, admin.token).returncode == 0
     result = invoke(server, CREATE_ORG, {"name": "twice-corp"}, admin.token)
