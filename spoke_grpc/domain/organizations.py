@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,15 +80,7 @@ async def create_organization(
         conn, org_id=org.id, user_id=principal.user_id, role=Role.ADMIN, invited_by=None
     )
     await quotas.set_tier(conn, org.id, tier)
-    await audit.record(
-        conn,
-        audit.AuditEvent(
-            method=method,
-            actor_id=principal.user_id,
-            org_id=org.id,
-            target=f"organizations/{org.name}",
-        ),
-    )
+    await _audit(conn, method, principal, org.id, f"organizations/{org.name}")
     return org
 
 
@@ -127,14 +120,8 @@ async def update_organization(
         raise NotFound("organization", org.name)
     if update.quota_tier is not None:
         await quotas.set_tier(conn, org.id, update.quota_tier)
-    await audit.record(
-        conn,
-        audit.AuditEvent(
-            method=method,
-            actor_id=principal.user_id,
-            org_id=org.id,
-            target=f"organizations/{org.name}:{','.join(sorted(changes))}",
-        ),
+    await _audit(
+        conn, method, principal, org.id, f"organizations/{org.name}:{','.join(sorted(changes))}"
     )
     return row
 
@@ -159,13 +146,19 @@ async def delete_organization(
             )
         )
     await organizations.delete_org(conn, org.id)
+    await _audit(
+        conn,
+        method,
+        principal,
+        org.id,
+        f"organizations/{org.name}" + (f" (force, {modules} modules)" if modules else ""),
+    )
+
+
+async def _audit(
+    conn: AsyncConnection, method: str, principal: Principal, org_id: uuid.UUID, target: str
+) -> None:
     await audit.record(
         conn,
-        audit.AuditEvent(
-            method=method,
-            actor_id=principal.user_id,
-            org_id=org.id,
-            target=f"organizations/{org.name}"
-            + (f" (force, {modules} modules)" if modules else ""),
-        ),
+        audit.AuditEvent(method=method, actor_id=principal.user_id, org_id=org_id, target=target),
     )
