@@ -9,7 +9,7 @@ BUF_VERSION := 1.75.0
 BUF := node_modules/.bin/buf
 PROTOS := $(wildcard protos/spoke/v1/*.proto)
 
-.PHONY: run test lint generate check-generated migrate install clean
+.PHONY: run test lint generate check-generated migrate bench install clean
 
 run: $(STAMP)
 	$(VENV)/bin/spoke-grpc serve
@@ -43,9 +43,13 @@ check-generated: generate
 
 lint: $(STAMP) $(BUF)
 	cd protos && ../$(BUF) lint
-	$(VENV)/bin/ruff check spoke_grpc tests
-	$(VENV)/bin/ruff format --check spoke_grpc tests
+	$(VENV)/bin/ruff check spoke_grpc tests benchmarks
+	$(VENV)/bin/ruff format --check spoke_grpc tests benchmarks
 	$(VENV)/bin/mypy
+
+# Request-path latency as ratios against a no-database baseline measured in the same run.
+bench: $(STAMP)
+	$(PY) benchmarks/rpc_latency.py
 
 migrate: $(STAMP)
 	$(VENV)/bin/spoke-grpc migrate
