@@ -1,10 +1,11 @@
 -- depends: 0001_users
 -- Organizations, their members and invitations. Every tenant-owned table carries
 -- org_id and leads its keys with it, so the schema can be distributed by org_id.
+-- Names sort bytewise (COLLATE "C"): list order and page tokens are the same on every server.
 
 CREATE TABLE organizations (
     id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    name         text NOT NULL UNIQUE
+    name         text COLLATE "C" NOT NULL UNIQUE
                  CHECK (name ~ '^[a-z][a-z0-9-]{1,38}[a-z0-9]$' AND name NOT LIKE '%--%'),
     display_name text NOT NULL CHECK (length(display_name) BETWEEN 1 AND 200),
     description  text NOT NULL DEFAULT '' CHECK (length(description) <= 2000),

@@ -4,7 +4,7 @@
 CREATE TABLE modules (
     org_id      uuid NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
     id          uuid NOT NULL DEFAULT gen_random_uuid(),
-    name        text NOT NULL
+    name        text COLLATE "C" NOT NULL
                 CHECK (name ~ '^[a-z][a-z0-9_-]{1,38}[a-z0-9]$' AND name NOT LIKE '%--%'),
     description text NOT NULL DEFAULT '' CHECK (length(description) <= 2000),
     is_public   boolean NOT NULL DEFAULT false,

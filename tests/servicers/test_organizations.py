@@ -413,3 +413,35 @@ def test_anonymous_callers_are_unauthenticated(anonymous: Client, admin: Client)
         lambda: create(anonymous, "anon-org"),
     ):
         assert failure(call).code is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_list_order_is_bytewise_on_every_server(admin: Client) -> None:
+    names = ["a-b-c", "a1b", "aab", "a0b", "ab-c", "abc"]
+    for name in names:
+        create(admin, name)
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = admin.orgs.ListOrganizations(
+            pb.ListOrganizationsRequest(page_size=2, page_token=token)
+        )
+        seen += [o.name for o in page.organizations]
+        if not (token := page.next_page_token):
+            break
+    assert seen == sorted(names)  # Python sorts str by code point, like COLLATE "C"
+
+
+def test_control_characters_are_refused(users: Users) -> None:
+    error = failure(lambda: create(users.create(), "ctrl", description="bad\x00byte"))
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert set(error.field_violations) == {"description"}
+
+
+def test_oversized_request_is_refused_before_any_work(
+    users: Users, db: psycopg.Connection[Any]
+) -> None:
+    owner = users.create()
+    with pytest.raises(grpc.RpcError) as caught:
+        create(owner, "too-big", description="x" * (17 * 2**20))
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert db.execute("SELECT count(*) FROM organizations").fetchone() == (0,)
