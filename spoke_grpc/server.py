@@ -124,7 +124,3 @@ class SpokeServer:
             self._server = None
         await self.pool.close()
         log.info("stopped")
-
-    async def wait(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
