@@ -190,6 +190,21 @@ def failure(call: Callable[[], Any]) -> RpcFailure:
     raise AssertionError("the call succeeded")
 
 
+def all_pages(fetch: Callable[[str], Any], items: str) -> list[list[Any]]:
+    """Follows ``next_page_token`` from the first page to the last; returns each page's items.
+
+    ``fetch(token)`` makes one List call; ``items`` names the response's repeated field.
+    """
+    pages: list[list[Any]] = []
+    token = ""
+    while True:
+        response = fetch(token)
+        pages.append(list(getattr(response, items)))
+        token = response.next_page_token
+        if not token:
+            return pages
+
+
 @contextmanager
 def connect(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(database_url, autocommit=True) as conn:

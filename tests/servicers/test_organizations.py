@@ -12,13 +12,22 @@ from spoke.v1 import organization_pb2 as pb
 
 from spoke_grpc.types import Role
 from tests.conftest import Users
-from tests.harness import Client, failure
+from tests.harness import Client, all_pages, failure
 
 
 def create(client: Client, name: str, **fields: Any) -> pb.Organization:
     request = pb.CreateOrganizationRequest(name=name, **fields)
     org: pb.Organization = client.orgs.CreateOrganization(request).organization
     return org
+
+
+def list_pages(client: Client, page_size: int) -> list[list[pb.Organization]]:
+    return all_pages(
+        lambda token: client.orgs.ListOrganizations(
+            pb.ListOrganizationsRequest(page_size=page_size, page_token=token)
+        ),
+        "organizations",
+    )
 
 
 def update(client: Client, org: str, paths: list[str], **fields: Any) -> pb.Organization:
@@ -199,17 +208,9 @@ def test_list_pages_by_name_without_gaps_or_repeats(admin: Client) -> None:
     names = sorted(f"org-{i:02d}" for i in range(23))
     for name in reversed(names):
         create(admin, name)
-    seen: list[str] = []
-    token = ""
-    while True:
-        page = admin.orgs.ListOrganizations(
-            pb.ListOrganizationsRequest(page_size=5, page_token=token)
-        )
-        seen += [o.name for o in page.organizations]
-        token = page.next_page_token
-        if not token:
-            break
-    assert seen == names
+    pages = list_pages(admin, page_size=5)
+    assert [len(page) for page in pages] == [5, 5, 5, 5, 3]
+    assert [o.name for page in pages for o in page] == names
 
 
 def test_list_page_size_edges(admin: Client) -> None:
@@ -419,15 +420,7 @@ def test_list_order_is_bytewise_on_every_server(admin: Client) -> None:
     names = ["a-b-c", "a1b", "aab", "a0b", "ab-c", "abc"]
     for name in names:
         create(admin, name)
-    seen: list[str] = []
-    token = ""
-    while True:
-        page = admin.orgs.ListOrganizations(
-            pb.ListOrganizationsRequest(page_size=2, page_token=token)
-        )
-        seen += [o.name for o in page.organizations]
-        if not (token := page.next_page_token):
-            break
+    seen = [o.name for page in list_pages(admin, page_size=2) for o in page]
     assert seen == sorted(names)  # Python sorts str by code point, like COLLATE "C"
 
 

@@ -8,7 +8,7 @@ import pytest
 from spoke.v1 import user_pb2
 
 from tests.conftest import Users
-from tests.harness import Client, failure
+from tests.harness import Client, all_pages, failure
 
 ME = user_pb2.GetCurrentUserRequest()
 
@@ -158,19 +158,13 @@ def test_list_api_tokens_pages_through_everything(users: Users) -> None:
     hank = users.create("hank")
     for i in range(7):
         hank.users.CreateApiToken(user_pb2.CreateApiTokenRequest(description=f"t{i}"))
-    seen: list[str] = []
-    token = ""
-    pages = 0
-    while True:
-        page = hank.users.ListApiTokens(
+    pages = all_pages(
+        lambda token: hank.users.ListApiTokens(
             user_pb2.ListApiTokensRequest(page_size=3, page_token=token)
-        )
-        assert len(page.api_tokens) <= 3
-        seen += [t.description for t in page.api_tokens]
-        pages += 1
-        token = page.next_page_token
-        if not token:
-            break
-    assert pages == 3
+        ),
+        "api_tokens",
+    )
+    assert [len(page) for page in pages] == [3, 3, 2]
+    seen = [t.description for page in pages for t in page]
     assert seen == [f"t{i}" for i in reversed(range(7))] + ["initial token"]
     assert len(set(seen)) == 8
