@@ -43,6 +43,16 @@ def database_url(pg_admin_url: str, template_url: str) -> Iterator[str]:
     harness.drop_database(pg_admin_url, url)
 
 
+@pytest.fixture
+def fresh_url(pg_admin_url: str) -> Iterator[str]:
+    """An empty database with no migrations applied, dropped afterwards."""
+    url = harness.create_database(pg_admin_url, prefix="spoke_fresh")
+    try:
+        yield url
+    finally:
+        harness.drop_database(pg_admin_url, url)
+
+
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return Settings(pool_min_size=2, pool_max_size=20, shutdown_grace_seconds=1)

@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ import psycopg
 import pytest
 from spoke.v1 import user_pb2
 
-from tests import harness
 from tests.conftest import free_port
 from tests.harness import Client
 
@@ -73,15 +72,6 @@ def last_line_token(result: subprocess.CompletedProcess[str]) -> str:
     token = result.stdout.rstrip("\n").splitlines()[-1]
     assert TOKEN_RE.fullmatch(token), repr(token)
     return token
-
-
-@pytest.fixture
-def fresh_url(pg_admin_url: str) -> Iterator[str]:
-    url = harness.create_database(pg_admin_url, prefix="spoke_cli")
-    try:
-        yield url
-    finally:
-        harness.drop_database(pg_admin_url, url)
 
 
 def test_users_create_prints_a_working_token_last(

@@ -4,7 +4,6 @@ CHECK constraints that keep bad roles, tiers, statuses, limits and names out of 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,16 +42,6 @@ def public_tables(database_url: str) -> set[str]:
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
         ).fetchall()
     return {str(name) for (name,) in rows}
-
-
-@pytest.fixture
-def fresh_url(pg_admin_url: str) -> Iterator[str]:
-    """An empty database with no migrations applied, dropped afterwards."""
-    url = harness.create_database(pg_admin_url, prefix="spoke_mig")
-    try:
-        yield url
-    finally:
-        harness.drop_database(pg_admin_url, url)
 
 
 def test_fresh_database_has_no_tables_and_everything_pending(fresh_url: str) -> None:
@@ -140,6 +129,21 @@ BAD_ROWS = [
 ]
 
 
+def owner_and_org(db: psycopg.Connection[Any], name: str) -> dict[str, Any]:
+    """Inserts a user and an organization it owns; returns their ids as query parameters."""
+    user = db.execute(
+        "INSERT INTO users (email) VALUES (%s) RETURNING id", [f"{name}@example.com"]
+    ).fetchone()
+    assert user is not None
+    org = db.execute(
+        "INSERT INTO organizations (name, display_name, owner_id, quota_tier)"
+        " VALUES (%s, %s, %s, 'small') RETURNING id",
+        [name, name, user[0]],
+    ).fetchone()
+    assert org is not None
+    return {"org": org[0], "user": user[0]}
+
+
 @pytest.mark.parametrize("bad", BAD_ROWS)
 def test_check_constraints_reject_bad_values(db: psycopg.Connection[Any], bad: BadRow) -> None:
     suffix = uuid.uuid4().hex[:10]
@@ -147,18 +151,7 @@ def test_check_constraints_reject_bad_values(db: psycopg.Connection[Any], bad: B
         pytest.raises(CheckViolation) as excinfo,
         db.transaction(force_rollback=True),
     ):
-        user = db.execute(
-            "INSERT INTO users (email, display_name) VALUES (%s, 'Check') RETURNING id",
-            [f"check-{suffix}@example.com"],
-        ).fetchone()
-        assert user is not None
-        org = db.execute(
-            "INSERT INTO organizations (name, display_name, owner_id, quota_tier)"
-            " VALUES (%s, 'Check', %s, 'small') RETURNING id",
-            [f"check-{suffix}", user[0]],
-        ).fetchone()
-        assert org is not None
-        db.execute(bad.statement, {"org": org[0], "user": user[0]})
+        db.execute(bad.statement, owner_and_org(db, f"check-{suffix}"))
     assert excinfo.value.diag.constraint_name == bad.constraint
     leftover = db.execute(
         "SELECT count(*) FROM users WHERE email = %s", [f"check-{suffix}@example.com"]
@@ -189,15 +182,5 @@ def test_check_constraints_accept_good_values(db: psycopg.Connection[Any], good:
     """The constraints are not so strict that valid rows fail too."""
     suffix = uuid.uuid4().hex[:10]
     with db.transaction(force_rollback=True):
-        user = db.execute(
-            "INSERT INTO users (email) VALUES (%s) RETURNING id", [f"ok-{suffix}@example.com"]
-        ).fetchone()
-        assert user is not None
-        org = db.execute(
-            "INSERT INTO organizations (name, display_name, owner_id, quota_tier)"
-            " VALUES (%s, 'Ok', %s, 'small') RETURNING id",
-            [f"ok-{suffix}", user[0]],
-        ).fetchone()
-        assert org is not None
-        cur = db.execute(good, {"org": org[0], "user": user[0]})
+        cur = db.execute(good, owner_and_org(db, f"ok-{suffix}"))
         assert cur.rowcount == 1
