@@ -1,4 +1,4 @@
-"""What the servicers share: settings and the connection pool."""
+"""What the servicers share: settings, the connection pool and the page-token signer."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from psycopg_pool import AsyncConnectionPool
 
 from spoke_grpc.config import Settings
+from spoke_grpc.pagination import PageTokens
 
 
 @dataclass(frozen=True)
 class App:
     settings: Settings
     pool: AsyncConnectionPool
+    pages: PageTokens

@@ -14,9 +14,11 @@ import sys
 from collections.abc import Sequence
 
 import psycopg
+from psycopg_pool import PoolTimeout
+from yoyo.connections import BadConnectionURI
 
 from spoke_grpc import migrations
-from spoke_grpc.bootstrap import ensure_bootstrap_admin
+from spoke_grpc.bootstrap import BootstrapError, ensure_bootstrap_admin
 from spoke_grpc.config import ConfigError, Settings
 from spoke_grpc.database import is_unavailable
 from spoke_grpc.domain.users import NewUser, create_user
@@ -44,17 +46,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("yoyo").setLevel(logging.WARNING)
         code: int = args.run(args, settings)
         return code
-    except (CommandError, ConfigError) as exc:
-        print(f"spoke-grpc: error: {exc}", file=sys.stderr)
-    except SpokeError as exc:
-        print(f"spoke-grpc: error: {exc.message}", file=sys.stderr)
-    except Exception as exc:
-        if not is_unavailable(exc) and not isinstance(exc, psycopg.Error):
-            raise
-        print(f"spoke-grpc: error: database unavailable: {_first_line(exc)}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        message = _error_message(exc)
+        if message is None:
+            raise  # a bug: the traceback is what its reader needs
+        print(f"spoke-grpc: error: {message}", file=sys.stderr)
     return 1
+
+
+def _error_message(exc: Exception) -> str | None:
+    """The one line to show for an error a person can fix; None for anything else (bugs)."""
+    if isinstance(exc, CommandError | ConfigError | BootstrapError):
+        return _first_line(exc)
+    if isinstance(exc, SpokeError):
+        return exc.message
+    if isinstance(exc, BadConnectionURI):
+        return f"bad DATABASE_URL: {_first_line(exc)}"
+    if is_unavailable(exc) or isinstance(exc, PoolTimeout):  # the pool could not open
+        return f"database unavailable: {_first_line(exc)}"
+    if isinstance(exc, psycopg.ProgrammingError) and exc.sqlstate is None:
+        # Raised by psycopg itself, before any query: e.g. a connection string libpq refuses.
+        return f"bad DATABASE_URL: {_first_line(exc)}"
+    if isinstance(exc, psycopg.Error):
+        return f"database error: {_first_line(exc)}"
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,8 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply or roll back database migrations")
     group = migrate.add_mutually_exclusive_group()
     group.add_argument("--rollback", action="store_true", help="roll back the last migration")
-    group.add_argument("--rollback-all", action="store_true", help="roll back every migration")
+    group.add_argument(
+        "--rollback-all",
+        action="store_true",
+        help="roll back every migration, dropping every table and its data (needs --yes)",
+    )
     group.add_argument("--list", action="store_true", help="list pending migrations")
+    migrate.add_argument("--yes", action="store_true", help="confirm --rollback-all")
     migrate.set_defaults(run=_migrate)
 
     user_commands = commands.add_parser("users", help="manage users").add_subparsers(
@@ -87,7 +109,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _database_url(settings: Settings) -> str:
-    return settings.database_url or start_embedded(settings.data_dir)
+    if settings.database_url:
+        return settings.database_url
+    try:
+        return start_embedded(settings.data_dir)
+    except OSError as exc:
+        raise CommandError(
+            f"cannot start the embedded PostgreSQL under {settings.data_dir}:"
+            f" {exc.strerror or _first_line(exc)}; set SPOKE_DATA_DIR to a writable directory"
+            " or DATABASE_URL to a PostgreSQL server"
+        ) from None
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -96,13 +127,25 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         applied = migrations.apply(url, settings.migrations_dir)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
+    else:
+        pending = migrations.pending(url, settings.migrations_dir)
+        if pending:
+            why = "--no-migrate" if args.no_migrate else "SPOKE_AUTO_MIGRATE=false"
+            raise CommandError(
+                f"the database has {len(pending)} pending migration(s) ({', '.join(pending)})"
+                f" and {why} keeps serve from applying them; run 'spoke-grpc migrate' first"
+            )
     return asyncio.run(_run_server(settings, url, args.listen))
 
 
 async def _run_server(settings: Settings, url: str, listen: str | None) -> int:
     server = SpokeServer(settings, url)
     port = await server.start(listen)
-    token_file = await ensure_bootstrap_admin(server.pool, settings.token_file)
+    try:
+        token_file = await ensure_bootstrap_admin(server.pool, settings.token_file)
+    except BaseException:
+        await server.stop(0)
+        raise
     if token_file is not None:
         print(f"bootstrap platform-admin token written to {token_file} (mode 0600)", flush=True)
     else:
@@ -121,6 +164,11 @@ async def _run_server(settings: Settings, url: str, listen: str | None) -> int:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    if args.rollback_all and not args.yes:
+        raise CommandError(
+            "--rollback-all rolls back every migration, dropping every table and all its data;"
+            " pass --yes to confirm (nothing was rolled back)"
+        )
     url = _database_url(settings)
     if args.list:
         for migration_id in migrations.pending(url, settings.migrations_dir):

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from spoke_grpc.tiers import QuotaTier
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DATABASE_URL_SCHEMES = ("postgresql", "postgres")
+_URL_EXAMPLE = "postgresql://user:pass@host:5432/db"
+_PASSWORD = re.compile(r"://[^/?#@:]*:([^/?#@]+)@")
 
 
 class ConfigError(ValueError):
@@ -38,6 +46,7 @@ class Settings:
     migrations_dir: Path = field(default_factory=lambda: REPO_ROOT / "migrations")
     bootstrap_token_file: Path | None = None
     log_level: str = "INFO"
+    statement_timeout_seconds: float = 30.0
 
     @property
     def token_file(self) -> Path:
@@ -79,7 +88,7 @@ class Settings:
         if auto_migrate not in {"true", "false", "1", "0", "yes", "no"}:
             raise ConfigError(f"SPOKE_AUTO_MIGRATE must be true or false, got {auto_migrate!r}")
         return cls(
-            database_url=env.get("DATABASE_URL") or None,
+            database_url=check_database_url(env.get("DATABASE_URL") or None),
             listen=env.get("SPOKE_LISTEN") or defaults.listen,
             data_dir=Path(env.get("SPOKE_DATA_DIR") or defaults.data_dir),
             default_quota_tier=tier,
@@ -97,4 +106,37 @@ class Settings:
             migrations_dir=Path(env.get("SPOKE_MIGRATIONS_DIR") or defaults.migrations_dir),
             bootstrap_token_file=Path(token_file) if token_file else None,
             log_level=(env.get("SPOKE_LOG_LEVEL") or defaults.log_level).upper(),
+            statement_timeout_seconds=number(
+                "SPOKE_STATEMENT_TIMEOUT", defaults.statement_timeout_seconds, minimum=0.1
+            ),
         )
+
+
+def check_database_url(url: str | None) -> str | None:
+    """``url`` if it is a PostgreSQL URL libpq and yoyo can both use; ConfigError if not.
+
+    Error messages never repeat the password.
+    """
+    if url is None:
+        return None
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise ConfigError(f"DATABASE_URL must be a URL like {_URL_EXAMPLE} (it has no scheme)")
+    if scheme not in DATABASE_URL_SCHEMES:
+        raise ConfigError(
+            f"DATABASE_URL has scheme {scheme!r}; only postgresql:// and"
+            f" postgres:// are supported (e.g. {_URL_EXAMPLE})"
+        )
+    try:
+        conninfo_to_dict(url)
+        _ = urlsplit(url).port  # the migrations' URL parser needs one numeric port
+    except (psycopg.Error, ValueError) as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise ConfigError(f"DATABASE_URL is not a valid URL: {_redact(lines[0], url)}") from None
+    return url
+
+
+def _redact(text: str, url: str) -> str:
+    """``text`` without the password of ``url`` in it."""
+    match = _PASSWORD.search(url)
+    return text.replace(match.group(1), "***") if match else text

@@ -12,7 +12,10 @@ Domain and store code never touch ``grpc.StatusCode``: they raise one of these, 
     ├── AlreadyExists               ALREADY_EXISTS
     ├── FailedPrecondition          FAILED_PRECONDITION  + PreconditionFailure violations
     ├── QuotaExceeded               RESOURCE_EXHAUSTED   + QuotaFailure (+ RetryInfo: rate windows)
-    ├── Unavailable                 UNAVAILABLE          + RetryInfo
+    ├── Unavailable                 UNAVAILABLE          + RetryInfo (the database is unreachable)
+    │   └── Overloaded              UNAVAILABLE          + RetryInfo (no free connection: busy)
+    ├── Aborted                     ABORTED              (a concurrent change won, retries spent)
+    ├── DeadlineExceeded            DEADLINE_EXCEEDED    (the caller's deadline or server maximum)
     ├── Unimplemented               UNIMPLEMENTED
     └── Internal                    INTERNAL
 """
@@ -226,6 +229,26 @@ class Unavailable(SpokeError):
             retry_delay=duration_pb2.Duration(seconds=self.retry_after_seconds)
         )
         return [_pack(retry)]
+
+
+class Overloaded(Unavailable):
+    """Every database connection is busy: the server is overloaded, not broken."""
+
+    default_reason = "SERVER_OVERLOADED"
+
+
+class Aborted(SpokeError):
+    """The call kept colliding with concurrent changes (deadlock or serialization failure)."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "CONCURRENT_MODIFICATION"
+
+
+class DeadlineExceeded(SpokeError):
+    """The call ran out of time: the caller's deadline or the server's maximum."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
 
 
 class Unimplemented(SpokeError):

@@ -1,9 +1,12 @@
 """grpc.health.v1 status that follows the database.
 
-A probe runs ``SELECT 1`` every interval: SERVING while it works, NOT_SERVING while
-it does not. The errors interceptor reports an unreachable database at once, so health
-flips without waiting for the next probe; the probe flips it back when the database
-returns. On shutdown everything goes NOT_SERVING and stays there.
+A probe runs ``SELECT 1`` every interval on a connection of its own (never one of the
+request pool's, so a pool saturated by load does not look like an outage): SERVING while
+it works, NOT_SERVING while it does not. The errors interceptor reports an unreachable
+database at once, so health flips without waiting for the next probe; the probe flips it
+back when the database returns, and then has the pool check its idle connections so that
+broken ones are replaced before calls draw them. On shutdown everything goes NOT_SERVING
+and stays there.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import logging
 from collections.abc import Iterable
 
+import psycopg
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from psycopg_pool import AsyncConnectionPool
@@ -29,11 +33,14 @@ class DatabaseHealth:
     def __init__(
         self,
         servicer: HealthServicer,
+        database_url: str,
         pool: AsyncConnectionPool,
         services: Iterable[str],
         interval: float,
     ) -> None:
         self.servicer = servicer
+        self._database_url = database_url
+        self._conn: psycopg.AsyncConnection | None = None
         self._pool = pool
         self._services = ["", *services]
         self._interval = interval
@@ -48,6 +55,8 @@ class DatabaseHealth:
     async def set_serving(self, serving: bool) -> None:
         if self._stopped or serving == self._serving:
             return
+        if serving and self._serving is False:
+            await self._pool.check()  # drop the connections the outage broke
         self._serving = serving
         log.log(
             logging.INFO if serving else logging.WARNING,
@@ -63,14 +72,28 @@ class DatabaseHealth:
             asyncio.get_running_loop().create_task(self.set_serving(False))
 
     async def probe(self) -> bool:
+        timeout = max(self._interval, 1.0)
         try:
-            async with self._pool.connection(timeout=max(self._interval, 1.0)) as conn:
-                await conn.execute("SELECT 1")
+            async with asyncio.timeout(timeout):
+                if self._conn is None or self._conn.closed:
+                    self._conn = await psycopg.AsyncConnection.connect(
+                        self._database_url,
+                        autocommit=True,
+                        application_name="spoke-grpc-health",
+                    )
+                await self._conn.execute("SELECT 1")
         except Exception as exc:
-            if not is_unavailable(exc):
+            if not (is_unavailable(exc) or isinstance(exc, TimeoutError)):
                 log.exception("health probe failed unexpectedly")
+            await self._close_connection()
             return False
         return True
+
+    async def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="health-probe")
@@ -86,4 +109,5 @@ class DatabaseHealth:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._close_connection()
         await self.servicer.enter_graceful_shutdown()

@@ -13,6 +13,8 @@ from typing import Any
 
 from yoyo import get_backend, read_migrations
 
+from spoke_grpc.config import ConfigError
+
 
 def yoyo_url(database_url: str) -> str:
     """yoyo names its psycopg 3 driver in the URL scheme."""
@@ -32,9 +34,20 @@ def _backend(database_url: str) -> Iterator[Any]:
         backend.connection.close()
 
 
+def _read(migrations_dir: Path) -> Any:
+    """The migrations in ``migrations_dir``; ConfigError when there are none (a wrong path)."""
+    migrations = read_migrations(str(migrations_dir))
+    if not migrations:
+        raise ConfigError(
+            f"no migrations found in {migrations_dir}; set SPOKE_MIGRATIONS_DIR to the"
+            " project's migrations/ directory"
+        )
+    return migrations
+
+
 def apply(database_url: str, migrations_dir: Path) -> list[str]:
     """Applies pending migrations; returns their ids."""
-    migrations = read_migrations(str(migrations_dir))
+    migrations = _read(migrations_dir)
     with _backend(database_url) as backend, backend.lock():
         to_apply = backend.to_apply(migrations)
         backend.apply_migrations(to_apply)
@@ -43,7 +56,7 @@ def apply(database_url: str, migrations_dir: Path) -> list[str]:
 
 def rollback(database_url: str, migrations_dir: Path, *, steps: int | None = 1) -> list[str]:
     """Rolls back the last ``steps`` applied migrations (all of them when ``steps`` is None)."""
-    migrations = read_migrations(str(migrations_dir))
+    migrations = _read(migrations_dir)
     with _backend(database_url) as backend, backend.lock():
         applied = backend.to_rollback(migrations)
         chosen = applied if steps is None else applied[:steps]
@@ -52,5 +65,7 @@ def rollback(database_url: str, migrations_dir: Path, *, steps: int | None = 1) 
 
 
 def pending(database_url: str, migrations_dir: Path) -> list[str]:
+    """The ids of the migrations not yet applied, in the order they would be."""
+    migrations = _read(migrations_dir)
     with _backend(database_url) as backend:
-        return [m.id for m in backend.to_apply(read_migrations(str(migrations_dir)))]
+        return [m.id for m in backend.to_apply(migrations)]

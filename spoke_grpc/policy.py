@@ -1,7 +1,9 @@
 """Reads each RPC's ``spoke.v1.policy`` option from the generated descriptors.
 
 The table is built once at import from the protos, so the interceptors enforce
-exactly what the contract declares and a method without a policy fails closed.
+exactly what the contract declares. ``unenforceable`` lists the policies the interceptors
+could not enforce (none declared, an org role on a method without ``org``, …): the server
+refuses to start while there is any, rather than failing when the method is called.
 """
 
 from __future__ import annotations
@@ -55,6 +57,26 @@ def load_policies(modules: Iterable[ModuleType] = PROTO_MODULES) -> dict[str, Po
                 org_scoped="org" in method.input_type.fields_by_name,
             )
     return table
+
+
+def unenforceable(policies: Mapping[str, Policy]) -> list[str]:
+    """Why each policy in ``policies`` cannot be enforced; empty when all can."""
+    problems: list[str] = []
+    org_levels = {Access.ORG_VIEWER, Access.ORG_DEVELOPER, Access.ORG_ADMIN, Access.ORG_OWNER}
+    for method, policy in sorted(policies.items()):
+        if policy.access is Access.UNSPECIFIED:
+            problems.append(f"{method} declares no access (spoke.v1.policy)")
+        if policy.access in org_levels and not policy.org_scoped:
+            problems.append(
+                f"{method} requires {policy.access.name} but its request has no 'org' field"
+            )
+        if policy.public_read and not policy.org_scoped:
+            problems.append(f"{method} is public_read but its request has no 'org' field")
+        if policy.public_read and not policy.read_only:
+            problems.append(f"{method} is public_read but not read_only")
+        if policy.access is Access.ANONYMOUS and not policy.read_only:
+            problems.append(f"{method} lets anonymous callers write")
+    return problems
 
 
 POLICIES: Mapping[str, Policy] = load_policies()

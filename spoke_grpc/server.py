@@ -1,8 +1,14 @@
 """The grpc.aio server: spoke.v1 services behind the interceptors, plus health and reflection.
 
-Lifecycle: ``start`` opens the pool and serves; ``stop`` turns health NOT_SERVING,
-refuses new calls, lets in-flight calls finish within the grace period, then closes
-the pool.
+Interceptors, outermost first: errors → request check (decoding, text) → unit of work
+(one connection, one transaction for writes, deadline, retries) → audit → auth (caller and
+org in one statement) → org context (access rules) → servicer.
+
+Lifecycle: ``start`` checks that every RPC's policy can be enforced, opens the pool and
+serves; ``stop`` turns health NOT_SERVING, refuses new calls, lets in-flight calls finish
+within the grace period, then closes the pool. The port is bound exclusively (no
+SO_REUSEPORT) unless ``reuse_port``: a second server on a taken address fails at start
+instead of silently splitting the traffic.
 """
 
 from __future__ import annotations
@@ -27,13 +33,16 @@ from spoke.v1 import (
 
 from spoke_grpc.app import App
 from spoke_grpc.config import ConfigError, Settings
-from spoke_grpc.database import create_pool
+from spoke_grpc.database import create_pool, session_options
 from spoke_grpc.health import DatabaseHealth
 from spoke_grpc.interceptors.audit import AuditInterceptor
 from spoke_grpc.interceptors.auth import AuthInterceptor
 from spoke_grpc.interceptors.errors import ErrorsInterceptor
 from spoke_grpc.interceptors.org_context import OrgContextInterceptor
-from spoke_grpc.policy import services
+from spoke_grpc.interceptors.request_check import RequestCheckInterceptor
+from spoke_grpc.interceptors.unit_of_work import UnitOfWorkInterceptor
+from spoke_grpc.pagination import PageTokens, load_key
+from spoke_grpc.policy import POLICIES, services, unenforceable
 from spoke_grpc.reflection import enable_reflection
 from spoke_grpc.servicers.organizations import OrganizationServicer
 from spoke_grpc.servicers.unimplemented import unimplemented_servicer
@@ -48,12 +57,13 @@ MAX_MESSAGE_BYTES = 16 * 2**20
 class SpokeServer:
     settings: Settings
     database_url: str
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         self.pool = create_pool(self.database_url, self.settings)
-        self.app = App(self.settings, self.pool)
         self.health = DatabaseHealth(
             HealthServicer(),
+            self.database_url,
             self.pool,
             [s.full_name for s in services()],
             self.settings.health_check_interval_seconds,
@@ -63,24 +73,33 @@ class SpokeServer:
 
     async def start(self, listen: str | None = None) -> int:
         """Opens the pool and starts serving; returns the bound port."""
+        problems = unenforceable(POLICIES)
+        if problems:
+            raise ConfigError("RPC policies the server cannot enforce: " + "; ".join(problems))
         # One plain connection first: an unreachable database is then one clear error
-        # rather than the pool's retry warnings.
-        conn = await psycopg.AsyncConnection.connect(
-            self.database_url, connect_timeout=max(1, int(self.settings.pool_timeout_seconds))
-        )
-        await conn.close()
+        # rather than the pool's retry warnings. It also reads the page-token key.
+        async with await psycopg.AsyncConnection.connect(
+            self.database_url,
+            connect_timeout=max(1, int(self.settings.pool_timeout_seconds)),
+            autocommit=True,
+            options=session_options(self.settings),
+        ) as conn:
+            pages = PageTokens(await load_key(conn))
+        self.app = App(self.settings, self.pool, pages)
         await self.pool.open(wait=True, timeout=self.settings.pool_timeout_seconds)
         server = aio.server(
             interceptors=[
-                ErrorsInterceptor(self.health.mark_unavailable),
-                AuditInterceptor(self.pool),
-                AuthInterceptor(self.pool),
-                OrgContextInterceptor(self.pool),
+                ErrorsInterceptor(self.settings, self.health.mark_unavailable),
+                RequestCheckInterceptor(),
+                UnitOfWorkInterceptor(self.pool, self.settings),
+                AuditInterceptor(),
+                AuthInterceptor(),
+                OrgContextInterceptor(),
             ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 1),
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ],
         )
         self._add_services(server)

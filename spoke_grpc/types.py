@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from spoke_grpc.tiers import QuotaTier
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
+    from spoke_grpc.database import UnitOfWork
 
 
 class Role(enum.StrEnum):
@@ -64,29 +71,89 @@ class Policy:
 
 
 @dataclass(frozen=True)
-class Principal:
-    """The authenticated caller."""
+class OrgRef:
+    """The request's ``org``: an id or a name (names are never UUID-shaped)."""
 
-    user_id: uuid.UUID
+    id: uuid.UUID | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class User:
+    id: uuid.UUID
     email: str
+    display_name: str
     is_admin: bool
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Organization:
+    id: uuid.UUID
+    name: str
+    display_name: str
+    description: str
+    owner_id: uuid.UUID
+    quota_tier: str
+    status: str
+    settings: dict[str, str]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: the user row read with its token, carried to the servicer."""
+
+    user: User
     token_id: uuid.UUID
+
+    @property
+    def user_id(self) -> uuid.UUID:
+        return self.user.id
+
+    @property
+    def email(self) -> str:
+        return self.user.email
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user.is_admin
 
 
 @dataclass(frozen=True)
 class OrgContext:
-    """The organization a call targets and the caller's standing in it.
+    """The organization a call targets (its whole row, read once) and the caller's standing.
 
-    ``role`` is ``None`` when the caller is not a member (a platform admin, or a
-    public read).
+    ``role`` is the caller's effective role: the owner is always an admin; ``None`` when
+    the caller is not a member (a platform admin, or a public read).
+    ``has_public_modules`` is only known for public reads by non-members.
     """
 
-    id: uuid.UUID
-    name: str
-    status: OrgStatus
-    tier: QuotaTier
-    owner_id: uuid.UUID
+    org: Organization
     role: Role | None
+    is_owner: bool = False
+    has_public_modules: bool = False
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.org.id
+
+    @property
+    def name(self) -> str:
+        return self.org.name
+
+    @property
+    def status(self) -> OrgStatus:
+        return OrgStatus(self.org.status)
+
+    @property
+    def tier(self) -> QuotaTier:
+        return QuotaTier(self.org.quota_tier)
+
+    @property
+    def owner_id(self) -> uuid.UUID:
+        return self.org.owner_id
 
     @property
     def suspended(self) -> bool:
@@ -98,8 +165,16 @@ class CallContext:
     """What the interceptors learned about a call, for the servicer to use."""
 
     policy: Policy
+    unit: UnitOfWork | None = None
     principal: Principal | None = None
     org: OrgContext | None = None
+
+    @property
+    def db(self) -> AsyncConnection:
+        """The call's connection: inside the call's transaction when the method writes."""
+        if self.unit is None:
+            raise RuntimeError(f"{self.policy.method} has no unit of work")
+        return self.unit.conn
 
     def require_principal(self) -> Principal:
         if self.principal is None:  # the auth interceptor guarantees this for non-anonymous calls

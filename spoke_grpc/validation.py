@@ -3,11 +3,13 @@ request with several bad fields is answered with all of them at once."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Mapping
 
-from spoke_grpc.errors import FieldViolation, InvalidArgument
+from spoke_grpc.errors import FieldViolation, InvalidArgument, NotFound
+from spoke_grpc.types import OrgRef
 
 ORG_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")
 MODULE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{1,38}[a-z0-9]$")
@@ -20,6 +22,26 @@ MAX_EMAIL = 254
 MAX_SETTINGS = 64
 MAX_SETTING_KEY = 64
 MAX_SETTING_VALUE = 1024
+MAX_ORG_REF = 64
+
+# Bidirectional overrides, embeddings and isolates: they make text display as something
+# other than what it is ("Trojan Source"), so user-visible text may not carry them.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_LINE_BREAKS = frozenset("\t\n\r")
+
+
+def display_text_problem(value: str, *, multiline: bool = True) -> str | None:
+    """The one rule for user-visible text: no control characters (tab and line breaks
+    allowed where ``multiline``) and no bidi overrides. None when ``value`` is fine."""
+    for char in value:
+        code = ord(char)
+        if code < 32 or 0x7F <= code <= 0x9F:
+            if multiline and char in _LINE_BREAKS:
+                continue
+            return "must not contain control characters"
+        if char in _BIDI_CONTROLS:
+            return "must not contain bidirectional override characters"
+    return None
 
 
 class Violations:
@@ -49,13 +71,21 @@ class Violations:
         elif parse_uuid(value) is not None:
             self.add(field, "must not be a UUID (ids and names share the same fields)")
 
-    def text(self, field: str, value: str, *, max_length: int, required: bool = False) -> None:
+    def text(
+        self,
+        field: str,
+        value: str,
+        *,
+        max_length: int,
+        required: bool = False,
+        multiline: bool = True,
+    ) -> None:
         if required and not value.strip():
             self.add(field, "required")
         elif len(value) > max_length:
             self.add(field, f"must be at most {max_length} characters, got {len(value)}")
-        elif any(ord(c) < 32 and c not in "\t\n\r" for c in value):
-            self.add(field, "must not contain control characters")
+        elif problem := display_text_problem(value, multiline=multiline):
+            self.add(field, problem)
 
     def email(self, field: str, value: str) -> None:
         if not value:
@@ -68,15 +98,13 @@ class Violations:
             self.add(field, f"must have at most {MAX_SETTINGS} keys, got {len(value)}")
             return
         for key, item in value.items():
+            path = f"{field}[{json.dumps(key[:MAX_SETTING_KEY])}]"
             if not key or len(key) > MAX_SETTING_KEY:
-                self.add(
-                    f"{field}[{key[:MAX_SETTING_KEY]!r}]",
-                    f"keys must be 1-{MAX_SETTING_KEY} characters",
-                )
-            elif len(item) > MAX_SETTING_VALUE:
-                self.add(
-                    f"{field}[{key!r}]", f"values must be at most {MAX_SETTING_VALUE} characters"
-                )
+                self.add(path, f"keys must be 1-{MAX_SETTING_KEY} characters")
+            elif problem := display_text_problem(key, multiline=False):
+                self.add(f"{path} (key)", problem)
+            else:
+                self.text(path, item, max_length=MAX_SETTING_VALUE)
 
     def uuid(self, field: str, value: str) -> uuid.UUID | None:
         parsed = parse_uuid(value)
@@ -95,3 +123,17 @@ def parse_uuid(value: str) -> uuid.UUID | None:
         return uuid.UUID(value)
     except ValueError:
         return None
+
+
+def parse_org_ref(value: str) -> OrgRef:
+    """The request's ``org`` field: an id (UUID-shaped) or a name.
+
+    Empty is INVALID_ARGUMENT; anything too long to be an id or a name cannot exist, so it
+    is NOT_FOUND without a database round trip.
+    """
+    if not value:
+        raise InvalidArgument.field("org", "required: the organization's id or name")
+    if len(value) > MAX_ORG_REF:
+        raise NotFound("organization", value[:MAX_ORG_REF] + "…")
+    org_id = parse_uuid(value)
+    return OrgRef(id=org_id) if org_id is not None else OrgRef(name=value)

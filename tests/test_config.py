@@ -52,3 +52,45 @@ def test_environment_overrides() -> None:
 def test_bad_settings_say_which_variable(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://user:pass@db.example.com:5432/spoke",
+        "postgres://db/spoke",
+        "postgresql:///spoke?host=/var/run/postgresql",
+        "postgresql://postgres:@/spoke?host=/tmp/pgserver",  # the embedded server's form
+        "postgresql://[::1]:5432/spoke?sslmode=require&connect_timeout=5",
+    ],
+)
+def test_postgresql_urls_are_accepted(url: str) -> None:
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        pytest.param("notaurl", "no scheme", id="not-a-url"),
+        pytest.param("host=db dbname=spoke", "no scheme", id="key-value-conninfo"),
+        pytest.param("mysql://x/y", "scheme 'mysql'", id="mysql"),
+        pytest.param("postgresql+psycopg://db/spoke", "scheme 'postgresql+psycopg'", id="driver"),
+        pytest.param("POSTGRESQL://db/spoke", "scheme 'POSTGRESQL'", id="upper-case"),
+        pytest.param("postgresql://u:s3cret@[::1/spoke", "IPv6", id="unclosed-ipv6"),
+        pytest.param("postgresql://db:notaport/spoke", "notaport", id="bad-port"),
+        pytest.param("postgresql://db:99999/spoke", "out of range", id="port-range"),
+        pytest.param("postgresql://u:s3cret@db/spoke?nosuch=1", "nosuch", id="unknown-option"),
+        pytest.param("postgresql://%zz@db/spoke", "percent-encoded", id="bad-escape"),
+    ],
+)
+def test_bad_database_urls_say_what_is_wrong_without_the_password(url: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match="DATABASE_URL") as raised:
+        Settings.from_env({"DATABASE_URL": url})
+    message = str(raised.value)
+    assert fragment in message
+    assert "s3cret" not in message
+    assert len(message.splitlines()) == 1
+
+
+def test_empty_database_url_means_embedded() -> None:
+    assert Settings.from_env({"DATABASE_URL": ""}).database_url is None

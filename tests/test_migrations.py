@@ -21,6 +21,7 @@ SCHEMA_TABLES = frozenset(
         "organizations",
         "organization_members",
         "org_invitations",
+        "server_secrets",
         "modules",
         "module_versions",
         "version_files",
@@ -76,8 +77,8 @@ def test_rollback_one_step_undoes_only_the_last_migration(fresh_url: str) -> Non
     applied = migrations.apply(fresh_url, harness.MIGRATIONS)
     assert migrations.rollback(fresh_url, harness.MIGRATIONS) == [applied[-1]]
     assert migrations.pending(fresh_url, harness.MIGRATIONS) == [applied[-1]]
-    assert "audit_events" not in public_tables(fresh_url)
-    assert public_tables(fresh_url) >= SCHEMA_TABLES - {"audit_events"}
+    assert "server_secrets" not in public_tables(fresh_url)
+    assert public_tables(fresh_url) >= SCHEMA_TABLES - {"server_secrets"}
     assert migrations.apply(fresh_url, harness.MIGRATIONS) == [applied[-1]]
     assert public_tables(fresh_url) >= SCHEMA_TABLES
 

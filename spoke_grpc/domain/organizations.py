@@ -11,9 +11,8 @@ from psycopg import AsyncConnection
 
 from spoke_grpc.errors import FailedPrecondition, NotFound, PermissionDenied, PreconditionViolation
 from spoke_grpc.store import audit, organizations, quotas
-from spoke_grpc.store.organizations import OrgRow
 from spoke_grpc.tiers import QuotaTier
-from spoke_grpc.types import OrgContext, OrgStatus, Principal, Role
+from spoke_grpc.types import Organization, OrgContext, OrgStatus, Principal, Role
 from spoke_grpc.validation import MAX_DESCRIPTION, MAX_DISPLAY_NAME, Violations
 
 
@@ -54,7 +53,7 @@ async def create_organization(
     principal: Principal,
     default_tier: QuotaTier,
     method: str,
-) -> OrgRow:
+) -> Organization:
     violations = Violations()
     violations.slug("name", new.name)
     violations.text("display_name", new.display_name, max_length=MAX_DISPLAY_NAME)
@@ -84,13 +83,6 @@ async def create_organization(
     return org
 
 
-async def get_organization(conn: AsyncConnection, org: OrgContext) -> OrgRow:
-    row = await organizations.get_org(conn, org.id)
-    if row is None:  # deleted between resolution and now
-        raise NotFound("organization", org.name)
-    return row
-
-
 async def update_organization(
     conn: AsyncConnection,
     org: OrgContext,
@@ -98,7 +90,7 @@ async def update_organization(
     *,
     principal: Principal,
     method: str,
-) -> OrgRow:
+) -> Organization:
     violations = Violations()
     if update.display_name is not None:
         violations.text(
@@ -115,6 +107,10 @@ async def update_organization(
     if (update.quota_tier or update.status) and not principal.is_admin:
         raise PermissionDenied("only platform admins may change quota_tier or status")
     changes = update.changes()
+    if update.status is not None or update.quota_tier is not None:
+        # FOR UPDATE waits for the writes in flight in the org (they hold FOR KEY SHARE):
+        # none of them commits after the suspension it did not see.
+        await organizations.get_org(conn, org.id, lock=True)
     row = await organizations.update_org(conn, org.id, changes)
     if row is None:
         raise NotFound("organization", org.name)

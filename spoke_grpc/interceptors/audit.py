@@ -2,36 +2,46 @@
 
 A successful mutating call writes its audit event inside its own transaction (domain
 code). When such a call fails after the caller was identified (permission denied, bad
-input, conflicts), that transaction rolled back, so this interceptor records the
-attempt with its status code in a transaction of its own. Auditing never changes the
-call's outcome: if the database cannot take the event, it is logged and dropped.
+input, conflicts), that transaction rolls back, so this interceptor asks the unit of work
+to record the attempt, with its status code and its target, on the same connection right
+after the rollback. Auditing never changes the call's outcome: if the database cannot
+take the event, it is logged and dropped. Calls refused before the caller is known
+(unauthenticated, undecodable or bad text) are not audited.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import suppress
 from typing import Any
 
+from google.protobuf.message import Message
 from grpc import aio
-from psycopg_pool import AsyncConnectionPool
+from psycopg import AsyncConnection
 
 from spoke_grpc.call import current_call
-from spoke_grpc.database import is_unavailable
+from spoke_grpc.database import is_retryable, is_unavailable
 from spoke_grpc.errors import SpokeError, Unavailable, Unimplemented
 from spoke_grpc.interceptors.base import Behavior, PolicyInterceptor
 from spoke_grpc.store import audit
-from spoke_grpc.types import Policy
+from spoke_grpc.types import CallContext, Policy
 
 log = logging.getLogger(__name__)
 
+# Request fields that name what a call acts on, as (field, collection), outermost first.
+_TARGET_FIELDS = (
+    ("module", "modules"),
+    ("version", "versions"),
+    ("user_id", "members"),
+    ("user", "members"),
+    ("invitation_id", "invitations"),
+    ("api_token_id", "api_tokens"),
+    ("email", "users"),
+)
+_MAX_TARGET_PART = 100
+
 
 class AuditInterceptor(PolicyInterceptor):
-    def __init__(self, pool: AsyncConnectionPool) -> None:
-        super().__init__()
-        self._pool = pool
-
     async def intercept(
         self, policy: Policy, request: Any, context: aio.ServicerContext, call_next: Behavior
     ) -> Any:
@@ -41,30 +51,42 @@ class AuditInterceptor(PolicyInterceptor):
             return await call_next(request, context)
         except SpokeError as exc:
             if not isinstance(exc, Unavailable | Unimplemented):
-                await self._record_failure(policy, exc.code.name)
+                self._record_failure(policy, request, exc.code.name)
             raise
         except (aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            if not is_unavailable(exc):
-                await self._record_failure(policy, "INTERNAL")
+            if not (is_unavailable(exc) or is_retryable(exc)):
+                self._record_failure(policy, request, "INTERNAL")
             raise
 
-    async def _record_failure(self, policy: Policy, outcome: str) -> None:
-        call = None
-        with suppress(LookupError):
-            call = current_call()
-        if call is None or call.principal is None:
+    def _record_failure(self, policy: Policy, request: Any, outcome: str) -> None:
+        call = current_call()
+        if call.principal is None or call.unit is None:
             return  # unauthenticated noise is not audited
         event = audit.AuditEvent(
             method=policy.method,
             actor_id=call.principal.user_id,
             org_id=call.org.id if call.org else None,
-            target=f"organizations/{call.org.name}" if call.org else "",
+            target=failure_target(policy, request, call),
             outcome=outcome,
         )
-        try:
-            async with self._pool.connection() as conn:
-                await audit.record(conn, event)
-        except Exception:
-            log.warning("could not audit failed %s", policy.method, exc_info=True)
+
+        async def record(conn: AsyncConnection) -> None:
+            await audit.record(conn, event)
+
+        call.unit.on_rollback(record)
+
+
+def failure_target(policy: Policy, request: Message, call: CallContext) -> str:
+    """What a failed call was acting on, read from its request (``organizations/x/modules/y``)."""
+    fields = request.DESCRIPTOR.fields_by_name
+    parts: list[str] = []
+    if call.org is not None:
+        parts.append(f"organizations/{call.org.name}")
+    elif "/spoke.v1.OrganizationService/" in policy.method and "name" in fields:
+        parts.append(f"organizations/{str(getattr(request, 'name', ''))[:_MAX_TARGET_PART]}")
+    for field, collection in _TARGET_FIELDS:
+        if field in fields and (value := getattr(request, field)):
+            parts.append(f"{collection}/{str(value)[:_MAX_TARGET_PART]}")
+    return "/".join(parts)

@@ -1,62 +1,69 @@
-"""Authenticates the caller from ``authorization: Bearer <token>`` metadata.
+"""Authenticates the caller from ``authorization: Bearer <token>`` metadata, and reads the
+organization the request names, in one statement on the call's connection.
 
-Anonymous calls reach only methods declared ACCESS_ANONYMOUS or ``public_read``; a
-token that is sent must be valid even there. Methods that are not org-scoped get
-their access checked here (platform admin); org-scoped ones in the org interceptor.
+Anonymous calls reach only methods declared ACCESS_ANONYMOUS or ``public_read``; a token
+that is sent must be valid even there. Methods that are not org-scoped get their access
+checked here (platform admin); org-scoped ones in the org-context interceptor, which uses
+the organization read here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from grpc import aio
-from psycopg_pool import AsyncConnectionPool
 
 from spoke_grpc import tokens
-from spoke_grpc.call import set_call
-from spoke_grpc.errors import Internal, PermissionDenied, Unauthenticated
+from spoke_grpc.call import current_call, set_call
+from spoke_grpc.errors import PermissionDenied, Unauthenticated
 from spoke_grpc.interceptors.base import Behavior, PolicyInterceptor
-from spoke_grpc.store import users
-from spoke_grpc.types import Access, CallContext, Policy, Principal
+from spoke_grpc.store import access
+from spoke_grpc.types import Access, Policy
+from spoke_grpc.validation import parse_org_ref
 
 _MAX_TOKEN_LENGTH = 128
 
 
 class AuthInterceptor(PolicyInterceptor):
-    def __init__(self, pool: AsyncConnectionPool) -> None:
-        super().__init__()
-        self._pool = pool
-
     async def intercept(
         self, policy: Policy, request: Any, context: aio.ServicerContext, call_next: Behavior
     ) -> Any:
-        if policy.access is Access.UNSPECIFIED:
-            raise Internal(f"{policy.method} declares no access policy")
+        call = current_call()
         token = bearer_token(context.invocation_metadata() or ())
-        principal = await self._authenticate(token) if token is not None else None
-        if principal is None and not (policy.access is Access.ANONYMOUS or policy.public_read):
+        digest = _token_digest(token) if token is not None else None
+        if digest is None and not (policy.access is Access.ANONYMOUS or policy.public_read):
             raise Unauthenticated(
                 "missing API token: send 'authorization: Bearer spoke_...' metadata"
             )
+        org = parse_org_ref(request.org) if policy.org_scoped else None
+        principal, org_context = None, None
+        if digest is not None or org is not None:
+            resolved = await access.resolve(
+                call.db,
+                token_digest=digest,
+                org=org,
+                lock=not policy.read_only,
+                public=policy.public_read,
+            )
+            principal, org_context = resolved.principal, resolved.org
+        if digest is not None and principal is None:
+            raise Unauthenticated("invalid or revoked API token")
         if (
             not policy.org_scoped
             and policy.access is Access.PLATFORM_ADMIN
             and not (principal and principal.is_admin)
         ):
             raise PermissionDenied(f"{policy.method} is for platform admins only")
-        set_call(CallContext(policy=policy, principal=principal))
+        set_call(replace(call, principal=principal, org=org_context))
         return await call_next(request, context)
 
-    async def _authenticate(self, token: str) -> Principal:
-        invalid = Unauthenticated("invalid or revoked API token")
-        if not token.startswith(tokens.API_TOKEN_PREFIX) or len(token) > _MAX_TOKEN_LENGTH:
-            raise invalid
-        async with self._pool.connection() as conn:
-            principal = await users.principal_for_token(conn, tokens.digest(token))
-        if principal is None:
-            raise invalid
-        return principal
+
+def _token_digest(token: str) -> bytes:
+    if not token.startswith(tokens.API_TOKEN_PREFIX) or len(token) > _MAX_TOKEN_LENGTH:
+        raise Unauthenticated("invalid or revoked API token")
+    return tokens.digest(token)
 
 
 def bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:

@@ -13,6 +13,7 @@ from spoke_grpc.policy import POLICIES
 from spoke_grpc.types import Policy
 
 Behavior = Callable[[Any, aio.ServicerContext], Awaitable[Any]]
+Deserializer = Callable[[bytes], Any]
 
 
 class PolicyInterceptor(aio.ServerInterceptor, abc.ABC):
@@ -41,11 +42,15 @@ class PolicyInterceptor(aio.ServerInterceptor, abc.ABC):
 
         wrapped = grpc.unary_unary_rpc_method_handler(
             behavior,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=self.wrap_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
         self._wrapped[method] = wrapped
         return wrapped
+
+    def wrap_deserializer(self, deserializer: Deserializer) -> Deserializer:
+        """The request deserializer to use; interceptors that guard decoding override this."""
+        return deserializer
 
     @abc.abstractmethod
     async def intercept(

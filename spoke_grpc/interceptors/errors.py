@@ -1,8 +1,10 @@
 """Turns exceptions into gRPC statuses with google.rpc details.
 
 SpokeError → its own code and details. A database that cannot be reached → UNAVAILABLE
-(and the health monitor is told at once). Anything else is a bug: INTERNAL with a
-reference the log line carries, never the exception text, SQL or a traceback.
+(and the health monitor is told at once). A pool with no free connection → UNAVAILABLE
+with RetryInfo too, but health is left alone: overload is not an outage. Anything else is
+a bug: INTERNAL with a reference the log line carries, never the exception text, SQL or a
+traceback.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from typing import Any
 
 from grpc import aio
 from grpc_status import rpc_status
+from psycopg_pool import PoolTimeout
 
-from spoke_grpc.database import is_unavailable, unavailable
+from spoke_grpc.config import Settings
+from spoke_grpc.database import is_unavailable, overloaded, unavailable
 from spoke_grpc.errors import Internal, SpokeError
 from spoke_grpc.interceptors.base import Behavior, PolicyInterceptor
 from spoke_grpc.types import Policy
@@ -25,8 +29,11 @@ log = logging.getLogger(__name__)
 
 
 class ErrorsInterceptor(PolicyInterceptor):
-    def __init__(self, on_database_unavailable: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, settings: Settings, on_database_unavailable: Callable[[], None] = lambda: None
+    ) -> None:
         super().__init__()
+        self._settings = settings
         self._on_database_unavailable = on_database_unavailable
 
     async def intercept(
@@ -45,6 +52,9 @@ class ErrorsInterceptor(PolicyInterceptor):
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     def _classify(self, policy: Policy, exc: Exception) -> SpokeError:
+        if isinstance(exc, PoolTimeout):
+            log.warning("%s: no free database connection: %s", policy.method, exc)
+            return overloaded(self._settings)
         if is_unavailable(exc):
             log.warning("%s: database unavailable: %s", policy.method, exc)
             self._on_database_unavailable()

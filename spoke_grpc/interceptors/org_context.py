@@ -1,34 +1,25 @@
-"""Resolves the request's ``org`` (id or name) and enforces the method's minimum access.
+"""Enforces the method's declared access in the organization the request names.
 
-A caller who is not a member gets NOT_FOUND with the same message as for an
-organization that does not exist, so names cannot be probed. A member whose role is
-too low gets PERMISSION_DENIED. Writes to a suspended organization fail with
+The organization and the caller's role were read with the caller (auth interceptor); this
+interceptor only decides. A caller who is not a member gets NOT_FOUND with the same
+message as for an organization that does not exist, so names cannot be probed; for
+``public_read`` methods a non-member (or anonymous caller) passes only when the org has a
+public module, and otherwise sees exactly that NOT_FOUND too (SPEC §3). A member whose
+role is too low gets PERMISSION_DENIED. Writes to a suspended organization fail with
 FAILED_PRECONDITION, except a platform admin's (who may need to reactivate it).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from grpc import aio
-from psycopg_pool import AsyncConnectionPool
 
-from spoke_grpc.call import current_call, set_call
-from spoke_grpc.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    PreconditionViolation,
-)
+from spoke_grpc.call import current_call
+from spoke_grpc.errors import FailedPrecondition, NotFound, PermissionDenied, PreconditionViolation
 from spoke_grpc.interceptors.base import Behavior, PolicyInterceptor
-from spoke_grpc.store import organizations
-from spoke_grpc.tiers import QuotaTier
-from spoke_grpc.types import Access, OrgContext, OrgStatus, Policy, Principal, Role
-from spoke_grpc.validation import parse_uuid
+from spoke_grpc.types import Access, OrgContext, Policy, Principal, Role
 
-_MAX_REF_LENGTH = 64
 _ACCESS_OF_ROLE = {
     Role.VIEWER: Access.ORG_VIEWER,
     Role.DEVELOPER: Access.ORG_DEVELOPER,
@@ -37,56 +28,28 @@ _ACCESS_OF_ROLE = {
 
 
 class OrgContextInterceptor(PolicyInterceptor):
-    def __init__(self, pool: AsyncConnectionPool) -> None:
-        super().__init__()
-        self._pool = pool
-
     async def intercept(
         self, policy: Policy, request: Any, context: aio.ServicerContext, call_next: Behavior
     ) -> Any:
-        if not policy.org_scoped:
-            return await call_next(request, context)
-        call = current_call()
-        ref = str(request.org)
-        org = await self._resolve(ref, call.principal)
-        set_call(replace(call, org=org))  # before the check, so refusals are audited with it
-        check_access(policy, call.principal, org, ref)
+        if policy.org_scoped:
+            call = current_call()
+            check_access(policy, call.principal, call.org, request.org)
         return await call_next(request, context)
 
-    async def _resolve(self, ref: str, principal: Principal | None) -> OrgContext:
-        if not ref:
-            raise InvalidArgument.field("org", "required: the organization's id or name")
-        if len(ref) > _MAX_REF_LENGTH:
-            raise NotFound("organization", ref[:_MAX_REF_LENGTH] + "…")
-        user_id = principal.user_id if principal else None
-        org_id = parse_uuid(ref)
-        async with self._pool.connection() as conn:
-            if org_id is not None:
-                row = await organizations.access_by_id(conn, org_id, user_id)
-            else:
-                row = await organizations.access_by_name(conn, ref, user_id)
-        if row is None:
-            raise NotFound("organization", ref)
-        return OrgContext(
-            id=row.id,
-            name=row.name,
-            status=OrgStatus(row.status),
-            tier=QuotaTier(row.quota_tier),
-            owner_id=row.owner_id,
-            role=Role(row.role) if row.role else None,
-        )
 
-
-def check_access(policy: Policy, principal: Principal | None, org: OrgContext, ref: str) -> None:
+def check_access(
+    policy: Policy, principal: Principal | None, org: OrgContext | None, ref: str
+) -> None:
     """Raises unless ``principal`` may call ``policy.method`` on ``org`` (named ``ref``)."""
+    if org is None:
+        raise NotFound("organization", ref)
     if principal is not None and principal.is_admin:
         return
     if org.role is None:
-        if policy.public_read:
+        if policy.public_read and org.has_public_modules:
             return  # the servicer shows only public resources to non-members
         raise NotFound("organization", ref)
-    is_owner = principal is not None and principal.user_id == org.owner_id
-    level = Access.ORG_OWNER if is_owner else _ACCESS_OF_ROLE[org.role]
+    level = Access.ORG_OWNER if org.is_owner else _ACCESS_OF_ROLE[org.role]
     if level < policy.access:
         method = policy.method.rsplit("/", 1)[-1]
         if policy.access is Access.PLATFORM_ADMIN:

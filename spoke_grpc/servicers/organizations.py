@@ -18,15 +18,14 @@ from spoke_grpc.servicers.convert import (
     timestamp,
 )
 from spoke_grpc.store import organizations as store
-from spoke_grpc.store.organizations import OrgRow
 from spoke_grpc.tiers import QuotaTier
-from spoke_grpc.types import OrgStatus
+from spoke_grpc.types import Organization, OrgStatus
 
 _UPDATABLE_PATHS = ("display_name", "description", "settings", "quota_tier", "status")
 _IMMUTABLE_PATHS = ("id", "name", "owner_id", "create_time", "update_time")
 
 
-def org_to_proto(row: OrgRow) -> organization_pb2.Organization:
+def org_to_proto(row: Organization) -> organization_pb2.Organization:
     return organization_pb2.Organization(
         id=str(row.id),
         name=row.name,
@@ -89,38 +88,39 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
             quota_tier=tier_from_proto("quota_tier", request.quota_tier, required=False),
             settings=dict(request.settings),
         )
-        async with self._app.pool.connection() as conn:
-            row = await domain.create_organization(
-                conn,
-                new,
-                principal=call.require_principal(),
-                default_tier=self._app.settings.default_quota_tier,
-                method=call.policy.method,
-            )
+        row = await domain.create_organization(
+            call.db,
+            new,
+            principal=call.require_principal(),
+            default_tier=self._app.settings.default_quota_tier,
+            method=call.policy.method,
+        )
         return organization_pb2.CreateOrganizationResponse(organization=org_to_proto(row))
 
     async def GetOrganization(
         self, request: organization_pb2.GetOrganizationRequest, context: aio.ServicerContext
     ) -> organization_pb2.GetOrganizationResponse:
+        # The organization was read with the caller: no statement of its own.
         org = current_call().require_org()
-        async with self._app.pool.connection() as conn:
-            row = await domain.get_organization(conn, org)
-        return organization_pb2.GetOrganizationResponse(organization=org_to_proto(row))
+        return organization_pb2.GetOrganizationResponse(organization=org_to_proto(org.org))
 
     async def ListOrganizations(
         self, request: organization_pb2.ListOrganizationsRequest, context: aio.ServicerContext
     ) -> organization_pb2.ListOrganizationsResponse:
-        principal = current_call().require_principal()
-        page = pagination.page_request(
-            "organizations", request.page_size, request.page_token, (pagination.text,)
-        )
+        call = current_call()
+        principal = call.require_principal()
         member_id = None if principal.is_admin else principal.user_id
-        async with self._app.pool.connection() as conn:
-            rows = await store.list_orgs(conn, member_id, page)
+        # A platform admin's list (every org) and a member's differ: tokens are bound to it.
+        scope = "all" if member_id is None else member_id
+        pages = self._app.pages
+        page = pages.request(
+            "organizations", scope, request.page_size, request.page_token, (pagination.text,)
+        )
+        rows = await store.list_orgs(call.db, member_id, page)
         return organization_pb2.ListOrganizationsResponse(
             organizations=[org_to_proto(r) for r in rows[: page.size]],
-            next_page_token=pagination.next_page_token(
-                "organizations", rows, page, lambda r: [r.name]
+            next_page_token=pages.next_token(
+                "organizations", scope, rows, page, lambda r: [r.name]
             ),
         )
 
@@ -129,26 +129,24 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
     ) -> organization_pb2.UpdateOrganizationResponse:
         call = current_call()
         update = update_from_proto(request)
-        async with self._app.pool.connection() as conn:
-            row = await domain.update_organization(
-                conn,
-                call.require_org(),
-                update,
-                principal=call.require_principal(),
-                method=call.policy.method,
-            )
+        row = await domain.update_organization(
+            call.db,
+            call.require_org(),
+            update,
+            principal=call.require_principal(),
+            method=call.policy.method,
+        )
         return organization_pb2.UpdateOrganizationResponse(organization=org_to_proto(row))
 
     async def DeleteOrganization(
         self, request: organization_pb2.DeleteOrganizationRequest, context: aio.ServicerContext
     ) -> organization_pb2.DeleteOrganizationResponse:
         call = current_call()
-        async with self._app.pool.connection() as conn:
-            await domain.delete_organization(
-                conn,
-                call.require_org(),
-                force=request.force,
-                principal=call.require_principal(),
-                method=call.policy.method,
-            )
+        await domain.delete_organization(
+            call.db,
+            call.require_org(),
+            force=request.force,
+            principal=call.require_principal(),
+            method=call.policy.method,
+        )
         return organization_pb2.DeleteOrganizationResponse()

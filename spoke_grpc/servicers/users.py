@@ -9,15 +9,15 @@ from spoke_grpc import pagination
 from spoke_grpc.app import App
 from spoke_grpc.call import current_call
 from spoke_grpc.domain import users as domain
-from spoke_grpc.errors import NotFound
 from spoke_grpc.servicers.convert import timestamp
 from spoke_grpc.store import users as store
-from spoke_grpc.store.users import ApiTokenRow, UserRow
+from spoke_grpc.store.users import ApiTokenRow
+from spoke_grpc.types import User
 
 _TOKEN_KEY = (pagination.timestamp, pagination.uuid_part)
 
 
-def user_to_proto(row: UserRow) -> user_pb2.User:
+def user_to_proto(row: User) -> user_pb2.User:
     return user_pb2.User(
         id=str(row.id),
         email=row.email,
@@ -43,12 +43,9 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     async def GetCurrentUser(
         self, request: user_pb2.GetCurrentUserRequest, context: aio.ServicerContext
     ) -> user_pb2.GetCurrentUserResponse:
+        # The user was read with the token: no statement of its own.
         principal = current_call().require_principal()
-        async with self._app.pool.connection() as conn:
-            row = await store.get_user(conn, principal.user_id)
-        if row is None:  # deleted since the token was checked
-            raise NotFound("user", str(principal.user_id))
-        return user_pb2.GetCurrentUserResponse(user=user_to_proto(row))
+        return user_pb2.GetCurrentUserResponse(user=user_to_proto(principal.user))
 
     async def CreateUser(
         self, request: user_pb2.CreateUserRequest, context: aio.ServicerContext
@@ -57,10 +54,9 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         new = domain.NewUser(
             email=request.email, display_name=request.display_name, is_admin=request.is_admin
         )
-        async with self._app.pool.connection() as conn:
-            created = await domain.create_user(
-                conn, new, actor_id=call.require_principal().user_id, method=call.policy.method
-            )
+        created = await domain.create_user(
+            call.db, new, actor_id=call.require_principal().user_id, method=call.policy.method
+        )
         return user_pb2.CreateUserResponse(
             user=user_to_proto(created.user), token=created.token.value
         )
@@ -69,28 +65,28 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         self, request: user_pb2.CreateApiTokenRequest, context: aio.ServicerContext
     ) -> user_pb2.CreateApiTokenResponse:
         call = current_call()
-        async with self._app.pool.connection() as conn:
-            row, token = await domain.create_api_token(
-                conn,
-                call.require_principal().user_id,
-                request.description,
-                method=call.policy.method,
-            )
+        row, token = await domain.create_api_token(
+            call.db,
+            call.require_principal().user_id,
+            request.description,
+            method=call.policy.method,
+        )
         return user_pb2.CreateApiTokenResponse(api_token=token_to_proto(row), token=token.value)
 
     async def ListApiTokens(
         self, request: user_pb2.ListApiTokensRequest, context: aio.ServicerContext
     ) -> user_pb2.ListApiTokensResponse:
-        principal = current_call().require_principal()
-        page = pagination.page_request(
-            "api_tokens", request.page_size, request.page_token, _TOKEN_KEY
+        call = current_call()
+        principal = call.require_principal()
+        pages = self._app.pages
+        page = pages.request(
+            "api_tokens", principal.user_id, request.page_size, request.page_token, _TOKEN_KEY
         )
-        async with self._app.pool.connection() as conn:
-            rows = await store.list_tokens(conn, principal.user_id, page)
+        rows = await store.list_tokens(call.db, principal.user_id, page)
         return user_pb2.ListApiTokensResponse(
             api_tokens=[token_to_proto(r) for r in rows[: page.size]],
-            next_page_token=pagination.next_page_token(
-                "api_tokens", rows, page, lambda r: [r.created_at, r.id]
+            next_page_token=pages.next_token(
+                "api_tokens", principal.user_id, rows, page, lambda r: [r.created_at, r.id]
             ),
         )
 
@@ -98,11 +94,10 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         self, request: user_pb2.RevokeApiTokenRequest, context: aio.ServicerContext
     ) -> user_pb2.RevokeApiTokenResponse:
         call = current_call()
-        async with self._app.pool.connection() as conn:
-            await domain.revoke_api_token(
-                conn,
-                call.require_principal().user_id,
-                request.api_token_id,
-                method=call.policy.method,
-            )
+        await domain.revoke_api_token(
+            call.db,
+            call.require_principal().user_id,
+            request.api_token_id,
+            method=call.policy.method,
+        )
         return user_pb2.RevokeApiTokenResponse()

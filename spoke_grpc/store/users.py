@@ -6,23 +6,15 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.errors import UniqueViolation
 from psycopg.rows import class_row
 
 from spoke_grpc.errors import AlreadyExists
 from spoke_grpc.pagination import PageRequest
+from spoke_grpc.store import returned_row
 from spoke_grpc.tokens import IssuedToken
-from spoke_grpc.types import Principal
-
-
-@dataclass(frozen=True)
-class UserRow:
-    id: uuid.UUID
-    email: str
-    display_name: str
-    is_admin: bool
-    created_at: dt.datetime
+from spoke_grpc.types import User
 
 
 @dataclass(frozen=True)
@@ -33,30 +25,33 @@ class ApiTokenRow:
     created_at: dt.datetime
 
 
-_USER_COLUMNS = "id, email, display_name, is_admin, created_at"
-_TOKEN_COLUMNS = "id, prefix, description, created_at"
+_USER_COLUMNS = sql.SQL("id, email, display_name, is_admin, created_at")
+_TOKEN_COLUMNS = sql.SQL("id, prefix, description, created_at")
 
 
 async def insert_user(
     conn: AsyncConnection, *, email: str, display_name: str, is_admin: bool
-) -> UserRow:
+) -> User:
     try:
-        async with conn.cursor(row_factory=class_row(UserRow)) as cur:
+        async with conn.cursor(row_factory=class_row(User)) as cur:
             await cur.execute(
-                f"INSERT INTO users (email, display_name, is_admin) VALUES (%s, %s, %s)"
-                f" RETURNING {_USER_COLUMNS}",
+                sql.SQL(
+                    "INSERT INTO users (email, display_name, is_admin) VALUES (%s, %s, %s)"
+                    " RETURNING {}"
+                ).format(_USER_COLUMNS),
                 [email, display_name, is_admin],
             )
             row = await cur.fetchone()
     except UniqueViolation:
         raise AlreadyExists("user", email) from None
-    assert row is not None
-    return row
+    return returned_row(row)
 
 
-async def get_user(conn: AsyncConnection, user_id: uuid.UUID) -> UserRow | None:
-    async with conn.cursor(row_factory=class_row(UserRow)) as cur:
-        await cur.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = %s", [user_id])
+async def get_user(conn: AsyncConnection, user_id: uuid.UUID) -> User | None:
+    async with conn.cursor(row_factory=class_row(User)) as cur:
+        await cur.execute(
+            sql.SQL("SELECT {} FROM users WHERE id = %s").format(_USER_COLUMNS), [user_id]
+        )
         return await cur.fetchone()
 
 
@@ -71,37 +66,27 @@ async def insert_token(
 ) -> ApiTokenRow:
     async with conn.cursor(row_factory=class_row(ApiTokenRow)) as cur:
         await cur.execute(
-            f"INSERT INTO api_tokens (user_id, token_hash, prefix, description)"
-            f" VALUES (%s, %s, %s, %s) RETURNING {_TOKEN_COLUMNS}",
+            sql.SQL(
+                "INSERT INTO api_tokens (user_id, token_hash, prefix, description)"
+                " VALUES (%s, %s, %s, %s) RETURNING {}"
+            ).format(_TOKEN_COLUMNS),
             [user_id, token.digest, token.prefix, description],
         )
         row = await cur.fetchone()
-    assert row is not None
-    return row
-
-
-async def principal_for_token(conn: AsyncConnection, token_digest: bytes) -> Principal | None:
-    cur = await conn.execute(
-        "SELECT u.id, u.email, u.is_admin, t.id FROM api_tokens t JOIN users u ON u.id = t.user_id"
-        " WHERE t.token_hash = %s AND t.revoked_at IS NULL",
-        [token_digest],
-    )
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    return Principal(user_id=row[0], email=row[1], is_admin=row[2], token_id=row[3])
+    return returned_row(row)
 
 
 async def list_tokens(
     conn: AsyncConnection, user_id: uuid.UUID, page: PageRequest
 ) -> list[ApiTokenRow]:
     """Active tokens, newest first; keyset on (created_at, id)."""
-    after = "AND (created_at, id) < (%s, %s)" if page.after else ""
+    after = sql.SQL("AND (created_at, id) < (%s, %s)" if page.after else "")
     async with conn.cursor(row_factory=class_row(ApiTokenRow)) as cur:
         await cur.execute(
-            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens"
-            f" WHERE user_id = %s AND revoked_at IS NULL {after}"
-            " ORDER BY created_at DESC, id DESC LIMIT %s",
+            sql.SQL(
+                "SELECT {} FROM api_tokens WHERE user_id = %s AND revoked_at IS NULL {}"
+                " ORDER BY created_at DESC, id DESC LIMIT %s"
+            ).format(_TOKEN_COLUMNS, after),
             [user_id, *(page.after or []), page.fetch],
         )
         return await cur.fetchall()

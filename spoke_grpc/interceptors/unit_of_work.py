@@ -1,0 +1,89 @@
+"""One unit of work per call: one pool checkout, and for writes one transaction.
+
+Everything the call does (authentication, org resolution, the access check, the work and
+its audit event) runs on the connection checked out here; a write runs inside one
+transaction, so nothing committed by another call can slip between a check and the write
+it guards. The call runs under a time budget: the caller's remaining deadline, capped by
+the server's maximum; when it runs out, the running statement is cancelled in PostgreSQL
+and the transaction rolls back. A deadlock or serialization failure rolls back and runs the
+call again, a few times, then answers ABORTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+from grpc import aio
+from psycopg_pool import AsyncConnectionPool
+
+from spoke_grpc.call import set_call
+from spoke_grpc.config import Settings
+from spoke_grpc.database import UnitOfWork, is_retryable
+from spoke_grpc.errors import Aborted, DeadlineExceeded
+from spoke_grpc.interceptors.base import Behavior, PolicyInterceptor
+from spoke_grpc.types import CallContext, Policy
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 4
+_BACKOFF_SECONDS = 0.01
+
+
+class UnitOfWorkInterceptor(PolicyInterceptor):
+    def __init__(self, pool: AsyncConnectionPool, settings: Settings) -> None:
+        super().__init__()
+        self._pool = pool
+        self._max_seconds = settings.statement_timeout_seconds
+
+    async def intercept(
+        self, policy: Policy, request: Any, context: aio.ServicerContext, call_next: Behavior
+    ) -> Any:
+        remaining = context.time_remaining()
+        budget = self._max_seconds if remaining is None else min(remaining, self._max_seconds)
+        try:
+            async with asyncio.timeout(budget):
+                return await self._run(policy, request, context, call_next)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the call did not finish within its {budget:.3g}s budget (the caller's"
+                f" deadline, at most {self._max_seconds:g}s); its changes were rolled back"
+            ) from None
+
+    async def _run(
+        self, policy: Policy, request: Any, context: aio.ServicerContext, call_next: Behavior
+    ) -> Any:
+        async with self._pool.connection() as conn:
+            attempt = 1
+            while True:
+                unit = UnitOfWork(conn, writes=not policy.read_only)
+                set_call(CallContext(policy=policy, unit=unit))
+                try:
+                    if not unit.writes:
+                        return await call_next(request, context)
+                    async with conn.transaction():
+                        return await call_next(request, context)
+                except Exception as exc:
+                    if is_retryable(exc) and attempt < MAX_ATTEMPTS:
+                        log.info("%s: %s; retrying (attempt %d)", policy.method, exc, attempt)
+                        await asyncio.sleep(random.uniform(0, _BACKOFF_SECONDS * 2**attempt))
+                        attempt += 1
+                        continue
+                    await _run_rollback_hooks(unit, policy)
+                    if is_retryable(exc):
+                        raise Aborted(
+                            "the call collided with concurrent changes"
+                            f" {MAX_ATTEMPTS} times and was rolled back; retry it"
+                        ) from exc
+                    raise
+
+
+async def _run_rollback_hooks(unit: UnitOfWork, policy: Policy) -> None:
+    """After a failed call, what must be recorded anyway; never changes the call's outcome."""
+    for hook in unit.rollback_hooks:
+        try:
+            await hook(unit.conn)
+        except Exception:
+            log.warning("%s: could not run a rollback hook", policy.method, exc_info=True)
