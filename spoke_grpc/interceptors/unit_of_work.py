@@ -42,7 +42,11 @@ class UnitOfWorkInterceptor(PolicyInterceptor):
         self, policy: Policy, request: Any, context: aio.ServicerContext, call_next: Behavior
     ) -> Any:
         remaining = context.time_remaining()
-        budget = self._max_seconds if remaining is None else min(remaining, self._max_seconds)
+        budget = self._max_seconds
+        if remaining is not None:
+            # Finish a little before the caller gives up, so that the statement is cancelled
+            # cleanly here rather than interrupted by grpc's own cancellation of the call.
+            budget = min(budget, max(0.001, remaining - min(0.1, remaining / 10)))
         try:
             async with asyncio.timeout(budget):
                 return await self._run(policy, request, context, call_next)
@@ -67,7 +71,13 @@ class UnitOfWorkInterceptor(PolicyInterceptor):
                         return await call_next(request, context)
                 except Exception as exc:
                     if is_retryable(exc) and attempt < MAX_ATTEMPTS:
-                        log.info("%s: %s; retrying (attempt %d)", policy.method, exc, attempt)
+                        log.info(
+                            "%s: %s (SQLSTATE %s); retrying (attempt %d)",
+                            policy.method,
+                            type(exc).__name__,
+                            getattr(exc, "sqlstate", None),
+                            attempt,
+                        )
                         await asyncio.sleep(random.uniform(0, _BACKOFF_SECONDS * 2**attempt))
                         attempt += 1
                         continue
