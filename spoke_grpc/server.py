@@ -106,9 +106,12 @@ class SpokeServer:
         address = listen or self.settings.listen
         try:
             self.port = server.add_insecure_port(address)
-        except RuntimeError as exc:
+        except RuntimeError:
             await self.pool.close()
-            raise ConfigError(f"cannot listen on {address}: {exc}") from None
+            raise ConfigError(
+                f"cannot listen on {address}: the address is in use or not available here"
+                " (is another server running?); choose another with --listen or SPOKE_LISTEN"
+            ) from None
         await server.start()
         self._server = server
         await self.health.set_serving(await self.health.probe())

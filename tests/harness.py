@@ -205,6 +205,19 @@ def all_pages(fetch: Callable[[str], Any], items: str) -> list[list[Any]]:
             return pages
 
 
+def database_text(db: psycopg.Connection[Any]) -> str:
+    """Every row of every table in the database as text (bytea as hex): a dump to search."""
+    tables = db.execute(
+        "SELECT table_name FROM information_schema.tables"
+        " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+    ).fetchall()
+    parts = []
+    for (table,) in tables:
+        query = sql.SQL("SELECT t::text FROM {} t").format(sql.Identifier(table))
+        parts.extend(row[0] for row in db.execute(query).fetchall())
+    return "\n".join(parts)
+
+
 @contextmanager
 def connect(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(database_url, autocommit=True) as conn:

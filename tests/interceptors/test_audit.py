@@ -49,6 +49,17 @@ def test_refused_writes_are_audited_with_their_outcome(
         (owner.user_id, org.id, "OK"),
         (owner.user_id, None, "ALREADY_EXISTS"),
     ]
+    # A refused call's event names what it acted on, as a successful one's does.
+    targets = db.execute(
+        "SELECT outcome, target FROM audit_events WHERE method LIKE %s ORDER BY id",
+        ["%Organization"],
+    ).fetchall()
+    assert targets == [
+        ("OK", "organizations/audited"),
+        ("PERMISSION_DENIED", "organizations/audited"),
+        ("OK", "organizations/audited:description"),
+        ("ALREADY_EXISTS", "organizations/audited"),
+    ]
 
 
 def test_reads_and_anonymous_attempts_are_not_audited(

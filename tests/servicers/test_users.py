@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import grpc
@@ -7,6 +8,7 @@ import psycopg
 import pytest
 from spoke.v1 import user_pb2
 
+from tests import harness
 from tests.conftest import Users
 from tests.harness import Client, all_pages, failure
 
@@ -63,9 +65,11 @@ def test_create_user_returns_a_working_token(admin: Client, db: psycopg.Connecti
     carol = Client(admin.channel, response.token)
     me = carol.users.GetCurrentUser(ME).user
     assert (me.email, me.display_name, me.is_admin) == ("Carol@Example.com", "Carol", True)
-    # Only the hash is stored.
-    stored = db.execute("SELECT token_hash, prefix FROM api_tokens").fetchall()
-    assert all(response.token.encode() not in bytes(row[0]) for row in stored)
+    # Only the hash is stored: the token is nowhere in the database, the hash is.
+    everything = harness.database_text(db)
+    assert response.token not in everything
+    assert response.token[len("spoke_") :] not in everything
+    assert hashlib.sha256(response.token.encode()).hexdigest() in everything
     audit = db.execute(
         "SELECT actor_id::text, method, outcome FROM audit_events WHERE target = %s",
         [f"users/{response.user.id}"],
@@ -116,9 +120,12 @@ def test_api_token_lifecycle(users: Users) -> None:
     second = Client(dana.channel, created.token)
     assert second.users.GetCurrentUser(ME).user.id == dana.user_id
 
-    listed = dana.users.ListApiTokens(user_pb2.ListApiTokensRequest()).api_tokens
+    listing = dana.users.ListApiTokens(user_pb2.ListApiTokensRequest())
+    listed = listing.api_tokens
     assert [t.description for t in listed] == ["ci", "initial token"]  # newest first
-    assert all(not hasattr(t, "token") for t in listed)
+    # A listing never carries a token: no such field, and not in any field's bytes.
+    assert "token" not in user_pb2.ApiToken.DESCRIPTOR.fields_by_name
+    assert created.token[len("spoke_") :].encode() not in listing.SerializeToString()
 
     dana.users.RevokeApiToken(user_pb2.RevokeApiTokenRequest(api_token_id=created.api_token.id))
     error = failure(lambda: second.users.GetCurrentUser(ME))
