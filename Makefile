@@ -9,7 +9,7 @@ BUF_VERSION := 1.75.0
 BUF := node_modules/.bin/buf
 PROTOS := $(wildcard protos/spoke/v1/*.proto)
 
-.PHONY: run test lint generate check-generated migrate bench install clean
+.PHONY: run test lint generate check-generated migrate bench db-trips install clean
 
 run: $(STAMP)
 	$(VENV)/bin/spoke-grpc serve
@@ -50,6 +50,10 @@ lint: $(STAMP) $(BUF)
 # Request-path latency as ratios against a no-database baseline measured in the same run.
 bench: $(STAMP)
 	$(PY) benchmarks/rpc_latency.py
+
+# Pool checkouts, statements, round trips and transactions per call, counted on the wire.
+db-trips: $(STAMP)
+	PYTHONPATH=. $(PY) benchmarks/db_trips.py
 
 migrate: $(STAMP)
 	$(VENV)/bin/spoke-grpc migrate

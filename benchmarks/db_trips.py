@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import socket
 import struct
 import sys
 import tempfile
@@ -116,7 +118,8 @@ class CountingProxy(DatabaseProxy):
         super().__init__(database_url)
 
     def _pump(self, src: Any, dst: Any) -> None:
-        if src.getsockname()[1] != self.port:  # server-to-client: not counted
+        from_client = src.family == socket.AF_INET and src.getsockname()[1] == self.port
+        if not from_client:  # server-to-client: not counted
             super()._pump(src, dst)
             return
         counter = ProtocolCounter(self.tally, self._tally_lock)
@@ -128,10 +131,8 @@ class CountingProxy(DatabaseProxy):
             pass
         finally:
             for sock in (src, dst):
-                try:
-                    sock.shutdown(2)
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 def main() -> int:
