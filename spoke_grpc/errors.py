@@ -31,6 +31,17 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 ERROR_DOMAIN = "spoke.v1"
+# An error travels in trailers, which clients cap (8 KiB by default in most gRPC stacks):
+# text echoed from a request is shortened so that an error always reaches its caller.
+MAX_MESSAGE = 1000
+MAX_VIOLATIONS = 10
+MAX_FIELD = 120
+MAX_DESCRIPTION = 300
+MAX_METADATA_VALUE = 200
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -63,9 +74,10 @@ class SpokeError(Exception):
         metadata: Mapping[str, str] | None = None,
         reason: str | None = None,
     ) -> None:
+        message = shorten(message, MAX_MESSAGE)
         super().__init__(message)
         self.message = message
-        self.metadata = dict(metadata or {})
+        self.metadata = {k: shorten(v, MAX_METADATA_VALUE) for k, v in (metadata or {}).items()}
         self.reason = reason or self.default_reason
 
     def details(self) -> list[any_pb2.Any]:
@@ -95,7 +107,14 @@ class InvalidArgument(SpokeError):
     def __init__(self, violations: Sequence[FieldViolation]) -> None:
         if not violations:
             raise ValueError("InvalidArgument needs at least one violation")
-        self.violations = list(violations)
+        shown = [
+            FieldViolation(shorten(v.field, MAX_FIELD), shorten(v.description, MAX_DESCRIPTION))
+            for v in violations[:MAX_VIOLATIONS]
+        ]
+        if len(violations) > MAX_VIOLATIONS:
+            more = len(violations) - MAX_VIOLATIONS
+            shown.append(FieldViolation("…", f"and {more} more invalid field(s)"))
+        self.violations = shown
         message = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
         super().__init__(f"invalid request: {message}")
 

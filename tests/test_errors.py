@@ -73,3 +73,14 @@ def test_not_found_and_unavailable() -> None:
     retry = unpack(Unavailable("db down"), error_details_pb2.RetryInfo)
     assert isinstance(retry, error_details_pb2.RetryInfo)
     assert retry.retry_delay.seconds == 1
+
+
+def test_errors_stay_small_enough_for_client_trailers() -> None:
+    many = [FieldViolation(f"settings[{'k' * 500}{i}]", "x" * 5000) for i in range(64)]
+    status = InvalidArgument(many).to_status()
+    assert len(status.SerializeToString()) < 6000
+    bad = unpack(InvalidArgument(many), error_details_pb2.BadRequest)
+    assert isinstance(bad, error_details_pb2.BadRequest)
+    assert len(bad.field_violations) == 11
+    assert bad.field_violations[-1].description == "and 54 more invalid field(s)"
+    assert len(NotFound("organization", "n" * 10_000).to_status().SerializeToString()) < 2000
