@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import socket
 import struct
 import sys
@@ -50,6 +49,7 @@ class ProtocolCounter:
         self._started = False
         self._statements: dict[bytes, str] = {}
         self._in_block = False
+        self._bound = ""
         self._tally = tally
         self._lock = lock
 
@@ -80,7 +80,7 @@ class ProtocolCounter:
             name, _, rest = body.partition(b"\0")
             self._statements[name] = rest.partition(b"\0")[0].decode(errors="replace")
         elif kind == b"B":
-            portal, _, rest = body.partition(b"\0")
+            _portal, _, rest = body.partition(b"\0")
             self._bound = self._statements.get(rest.partition(b"\0")[0], "")
         elif kind == b"E":
             self._statement(self._bound)
@@ -197,7 +197,7 @@ def main() -> int:
                     tally = dict(proxy.tally)
                 figures = [checkouts, *(tally.get(c, 0) for c in columns[1:])]
                 print(f"{name:<20}" + "".join(f"{f / args.calls:>14.2f}" for f in figures))
-            print(f"(per call, averaged over {args.calls} calls; statements exclude the control ones)")
+            print(f"(per call, over {args.calls} calls; statements exclude BEGIN/COMMIT/ROLLBACK)")
     finally:
         run(server.stop(0))
         loop.call_soon_threadsafe(loop.stop)
