@@ -289,3 +289,17 @@ def test_the_server_maximum_bounds_calls_without_a_deadline(
     assert "rolled back" in error.message
     org = client.orgs.GetOrganization(pb.GetOrganizationRequest(org="slow")).organization
     assert org.description == ""
+
+
+def test_a_call_the_client_cancels_is_rolled_back(
+    users: Users, db: psycopg.Connection[Any], database_url: str
+) -> None:
+    owner = users.create()
+    owner.orgs.CreateOrganization(pb.CreateOrganizationRequest(name="cancelled"))
+    with holding(database_url, "LOCK TABLE audit_events IN EXCLUSIVE MODE"):
+        call = owner.orgs.UpdateOrganization.future(describe("cancelled", "never"))
+        eventually(lambda: lock_waiters(db) == 1)
+        assert call.cancel()
+        eventually(lambda: lock_waiters(db) == 0, timeout=10)
+    org = owner.orgs.GetOrganization(pb.GetOrganizationRequest(org="cancelled")).organization
+    assert org.description == ""
