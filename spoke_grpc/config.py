@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -47,6 +47,10 @@ class Settings:
     bootstrap_token_file: Path | None = None
     log_level: str = "INFO"
     statement_timeout_seconds: float = 30.0
+    invitation_ttl_hours: float = 168.0
+    smtp_url: str | None = None
+    email_from: str = "spoke@localhost"
+    email_interval_seconds: float = 1.0
 
     @property
     def token_file(self) -> Path:
@@ -109,6 +113,14 @@ class Settings:
             statement_timeout_seconds=number(
                 "SPOKE_STATEMENT_TIMEOUT", defaults.statement_timeout_seconds, minimum=0.1
             ),
+            invitation_ttl_hours=number(
+                "SPOKE_INVITATION_TTL_HOURS", defaults.invitation_ttl_hours, minimum=0.001
+            ),
+            smtp_url=check_smtp_url(env.get("SPOKE_SMTP_URL") or None),
+            email_from=env.get("SPOKE_EMAIL_FROM") or defaults.email_from,
+            email_interval_seconds=number(
+                "SPOKE_EMAIL_INTERVAL", defaults.email_interval_seconds, minimum=0.01
+            ),
         )
 
 
@@ -140,3 +152,72 @@ def _redact(text: str, url: str) -> str:
     """``text`` without the password of ``url`` in it."""
     match = _PASSWORD.search(url)
     return text.replace(match.group(1), "***") if match else text
+
+
+SMTP_DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
+_SMTP_EXAMPLE = "smtp://user:pass@mail.example.com:587?starttls=true"
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where invitation emails go, from ``SPOKE_SMTP_URL``.
+
+    ``smtp://[user:pass@]host[:port]`` (plain, port 25; ``?starttls=true`` upgrades it) or
+    ``smtps://…`` (implicit TLS, port 465).
+    """
+
+    host: str
+    port: int
+    implicit_tls: bool = False
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+def check_smtp_url(url: str | None) -> str | None:
+    """``url`` if it is a usable ``SPOKE_SMTP_URL``; ConfigError if not."""
+    if url is not None:
+        parse_smtp_url(url)
+    return url
+
+
+def parse_smtp_url(url: str) -> SmtpServer:
+    """The SMTP server ``url`` names; ConfigError (never repeating the password) if none."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in SMTP_DEFAULT_PORTS:
+        raise ConfigError(
+            "SPOKE_SMTP_URL must be an smtp:// or smtps:// URL"
+            f" (e.g. {_SMTP_EXAMPLE}); unset it to turn email off"
+        )
+    parts = urlsplit(url)
+    try:
+        port = parts.port or SMTP_DEFAULT_PORTS[parts.scheme]
+    except ValueError:
+        raise ConfigError("SPOKE_SMTP_URL has a bad port: use a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise ConfigError(f"SPOKE_SMTP_URL has no host (e.g. {_SMTP_EXAMPLE})")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise ConfigError("SPOKE_SMTP_URL takes no path or fragment: only host, port and ?starttls")
+    options = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(options) - {"starttls"})
+    if unknown:
+        raise ConfigError(f"SPOKE_SMTP_URL has unknown options {unknown}: only starttls is known")
+    raw = options.get("starttls", ["false"])
+    starttls = _BOOLEANS.get(raw[-1].strip().lower()) if len(raw) == 1 else None
+    if starttls is None:
+        raise ConfigError(f"SPOKE_SMTP_URL option starttls must be true or false, got {raw!r}")
+    if starttls and parts.scheme == "smtps":
+        raise ConfigError("SPOKE_SMTP_URL: smtps:// is TLS already; starttls=true needs smtp://")
+    if (parts.username is None) != (parts.password is None) or parts.username == "":
+        raise ConfigError(
+            "SPOKE_SMTP_URL needs both a user and a password (user:pass@host), or neither"
+        )
+    return SmtpServer(
+        host=parts.hostname,
+        port=port,
+        implicit_tls=parts.scheme == "smtps",
+        starttls=starttls,
+        username=unquote(parts.username) if parts.username is not None else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )

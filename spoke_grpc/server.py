@@ -21,7 +21,6 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from spoke.v1 import (
-    member_pb2,
     member_pb2_grpc,
     module_pb2,
     module_pb2_grpc,
@@ -41,9 +40,11 @@ from spoke_grpc.interceptors.errors import ErrorsInterceptor
 from spoke_grpc.interceptors.org_context import OrgContextInterceptor
 from spoke_grpc.interceptors.request_check import RequestCheckInterceptor
 from spoke_grpc.interceptors.unit_of_work import UnitOfWorkInterceptor
+from spoke_grpc.mailer import InvitationMailer
 from spoke_grpc.pagination import PageTokens, load_key
 from spoke_grpc.policy import POLICIES, services, unenforceable
 from spoke_grpc.reflection import enable_reflection
+from spoke_grpc.servicers.members import MemberServicer
 from spoke_grpc.servicers.organizations import OrganizationServicer
 from spoke_grpc.servicers.unimplemented import unimplemented_servicer
 from spoke_grpc.servicers.users import UserServicer
@@ -70,6 +71,10 @@ class SpokeServer:
         )
         self._server: aio.Server | None = None
         self.port = 0
+        # Made here so that a bad SMTP URL fails before anything starts.
+        self.mailer = (
+            InvitationMailer(self.settings, self.database_url) if self.settings.smtp_url else None
+        )
 
     async def start(self, listen: str | None = None) -> int:
         """Opens the pool and starts serving; returns the bound port."""
@@ -116,6 +121,13 @@ class SpokeServer:
         self._server = server
         await self.health.set_serving(await self.health.probe())
         self.health.start()
+        if self.mailer is not None:
+            self.mailer.start()
+        else:
+            log.info(
+                "email is off (SPOKE_SMTP_URL unset): invitations are not emailed;"
+                " their tokens are returned by CreateInvitation"
+            )
         log.info("serving spoke.v1 on %s (port %d)", address, self.port)
         return self.port
 
@@ -124,8 +136,8 @@ class SpokeServer:
         organization_pb2_grpc.add_OrganizationServiceServicer_to_server(
             OrganizationServicer(self.app), server
         )
+        member_pb2_grpc.add_MemberServiceServicer_to_server(MemberServicer(self.app), server)
         for pb2, grpc_module, name in (
-            (member_pb2, member_pb2_grpc, "MemberService"),
             (quota_pb2, quota_pb2_grpc, "QuotaService"),
             (module_pb2, module_pb2_grpc, "ModuleService"),
         ):
@@ -144,5 +156,7 @@ class SpokeServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self.mailer is not None:
+            await self.mailer.stop()
         await self.pool.close()
         log.info("stopped")

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 
 API_TOKEN_PREFIX = "spoke_"
-INVITATION_TOKEN_PREFIX = "spoke_inv_"
+INVITATION_TOKEN_PREFIX = "spkinv_"
 _PREFIX_SHOWN = 10
 
 

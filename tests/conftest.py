@@ -9,10 +9,11 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from spoke.v1 import user_pb2
+from spoke.v1 import member_pb2, user_pb2
 
 from spoke_grpc.bootstrap import ensure_bootstrap_admin
 from spoke_grpc.config import Settings
+from spoke_grpc.servicers.convert import ROLE_TO_PROTO
 from spoke_grpc.types import Role
 from tests import harness
 from tests.harness import Client, ServerThread
@@ -109,10 +110,9 @@ class Users:
         return Client(self._admin.channel, response.token, response.user.id, email)
 
     def join(self, org_id: str, user: Client, role: Role) -> None:
-        """Adds a membership row directly (MemberService is a later issue's work)."""
-        self._db.execute(
-            "INSERT INTO organization_members (org_id, user_id, role) VALUES (%s, %s, %s)",
-            [org_id, user.user_id, role.value],
+        """Makes ``user`` a member through the real AddMember RPC (as the platform admin)."""
+        self._admin.members.AddMember(
+            member_pb2.AddMemberRequest(org=org_id, user=user.user_id, role=ROLE_TO_PROTO[role])
         )
 
 

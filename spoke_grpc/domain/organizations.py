@@ -10,7 +10,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from spoke_grpc.errors import FailedPrecondition, NotFound, PermissionDenied, PreconditionViolation
-from spoke_grpc.store import audit, organizations, quotas
+from spoke_grpc.store import audit, members, organizations, quotas
 from spoke_grpc.tiers import QuotaTier
 from spoke_grpc.types import Organization, OrgContext, OrgStatus, Principal, Role
 from spoke_grpc.validation import MAX_DESCRIPTION, MAX_DISPLAY_NAME, Violations
@@ -75,7 +75,7 @@ async def create_organization(
         quota_tier=tier.value,
         settings=new.settings,
     )
-    await organizations.insert_member(
+    await members.insert_member(
         conn, org_id=org.id, user_id=principal.user_id, role=Role.ADMIN, invited_by=None
     )
     await quotas.set_tier(conn, org.id, tier)

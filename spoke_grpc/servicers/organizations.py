@@ -8,6 +8,7 @@ from spoke.v1 import organization_pb2, organization_pb2_grpc
 from spoke_grpc import pagination
 from spoke_grpc.app import App
 from spoke_grpc.call import current_call
+from spoke_grpc.domain import members
 from spoke_grpc.domain import organizations as domain
 from spoke_grpc.errors import InvalidArgument
 from spoke_grpc.servicers.convert import (
@@ -150,3 +151,16 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
             method=call.policy.method,
         )
         return organization_pb2.DeleteOrganizationResponse()
+
+    async def TransferOwnership(
+        self, request: organization_pb2.TransferOwnershipRequest, context: aio.ServicerContext
+    ) -> organization_pb2.TransferOwnershipResponse:
+        call = current_call()
+        row = await members.transfer_ownership(
+            call.db,
+            call.require_org(),
+            request.user_id,
+            principal=call.require_principal(),
+            method=call.policy.method,
+        )
+        return organization_pb2.TransferOwnershipResponse(organization=org_to_proto(row))

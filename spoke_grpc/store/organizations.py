@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 from spoke_grpc.errors import AlreadyExists
 from spoke_grpc.pagination import PageRequest
 from spoke_grpc.store import returned_row
-from spoke_grpc.types import Organization, Role
+from spoke_grpc.types import Organization
 
 _COLUMNS = sql.SQL(
     "o.id, o.name, o.display_name, o.description, o.owner_id, o.quota_tier, o.status,"
@@ -47,21 +47,6 @@ async def insert_org(
     except UniqueViolation:
         raise AlreadyExists("organization", name) from None
     return returned_row(row)
-
-
-async def insert_member(
-    conn: AsyncConnection,
-    *,
-    org_id: uuid.UUID,
-    user_id: uuid.UUID,
-    role: Role,
-    invited_by: uuid.UUID | None,
-) -> None:
-    await conn.execute(
-        "INSERT INTO organization_members (org_id, user_id, role, invited_by)"
-        " VALUES (%s, %s, %s, %s)",
-        [org_id, user_id, role.value, invited_by],
-    )
 
 
 async def get_org(

@@ -47,10 +47,12 @@ async def insert_user(
     return returned_row(row)
 
 
-async def get_user(conn: AsyncConnection, user_id: uuid.UUID) -> User | None:
+async def find_user(conn: AsyncConnection, ref: uuid.UUID | str) -> User | None:
+    """The user with this id, or with this email (any case)."""
+    where = sql.SQL("id = %s" if isinstance(ref, uuid.UUID) else "lower(email) = lower(%s)")
     async with conn.cursor(row_factory=class_row(User)) as cur:
         await cur.execute(
-            sql.SQL("SELECT {} FROM users WHERE id = %s").format(_USER_COLUMNS), [user_id]
+            sql.SQL("SELECT {} FROM users WHERE {}").format(_USER_COLUMNS, where), [ref]
         )
         return await cur.fetchone()
 

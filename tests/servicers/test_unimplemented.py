@@ -16,7 +16,7 @@ def org(admin: Client) -> str:
 @pytest.mark.parametrize(
     ("service", "method", "request_type"),
     [
-        ("members", "ListMembers", member_pb2.ListMembersRequest),
+        ("quotas", "GetUsage", quota_pb2.GetUsageRequest),
         ("quotas", "GetQuotas", quota_pb2.GetQuotasRequest),
         ("modules", "ListModules", module_pb2.ListModulesRequest),
     ],

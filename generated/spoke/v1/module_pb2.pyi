@@ -4,6 +4,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from spoke.v1 import policy_pb2 as _policy_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -11,8 +12,17 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class BreakingChangePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BREAKING_CHANGE_POLICY_UNSPECIFIED: _ClassVar[BreakingChangePolicy]
+    BREAKING_CHANGE_POLICY_ALLOW: _ClassVar[BreakingChangePolicy]
+    BREAKING_CHANGE_POLICY_REJECT: _ClassVar[BreakingChangePolicy]
+BREAKING_CHANGE_POLICY_UNSPECIFIED: BreakingChangePolicy
+BREAKING_CHANGE_POLICY_ALLOW: BreakingChangePolicy
+BREAKING_CHANGE_POLICY_REJECT: BreakingChangePolicy
+
 class Module(_message.Message):
-    __slots__ = ("id", "org_id", "org_name", "name", "description", "is_public", "created_by", "create_time", "update_time")
+    __slots__ = ("id", "org_id", "org_name", "name", "description", "is_public", "created_by", "create_time", "update_time", "breaking_change_policy")
     ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +32,7 @@ class Module(_message.Message):
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    BREAKING_CHANGE_POLICY_FIELD_NUMBER: _ClassVar[int]
     id: str
     org_id: str
     org_name: str
@@ -31,18 +42,43 @@ class Module(_message.Message):
     created_by: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., org_name: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., is_public: _Optional[bool] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    breaking_change_policy: BreakingChangePolicy
+    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., org_name: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., is_public: _Optional[bool] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., breaking_change_policy: _Optional[_Union[BreakingChangePolicy, str]] = ...) -> None: ...
 
 class ProtoFile(_message.Message):
-    __slots__ = ("path", "content")
+    __slots__ = ("path", "content", "size_bytes")
     PATH_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     path: str
     content: str
-    def __init__(self, path: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+    size_bytes: int
+    def __init__(self, path: _Optional[str] = ..., content: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class VersionRef(_message.Message):
+    __slots__ = ("org", "module", "version", "deleted")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    module: str
+    version: str
+    deleted: bool
+    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ..., version: _Optional[str] = ..., deleted: _Optional[bool] = ...) -> None: ...
+
+class VersionSource(_message.Message):
+    __slots__ = ("repository", "commit_sha", "branch")
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_SHA_FIELD_NUMBER: _ClassVar[int]
+    BRANCH_FIELD_NUMBER: _ClassVar[int]
+    repository: str
+    commit_sha: str
+    branch: str
+    def __init__(self, repository: _Optional[str] = ..., commit_sha: _Optional[str] = ..., branch: _Optional[str] = ...) -> None: ...
 
 class Version(_message.Message):
-    __slots__ = ("id", "module_id", "version", "files", "size_bytes", "created_by", "create_time")
+    __slots__ = ("id", "module_id", "version", "files", "size_bytes", "created_by", "create_time", "digest", "source", "dependencies", "org_id", "org_name", "module_name")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODULE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +86,12 @@ class Version(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODULE_NAME_FIELD_NUMBER: _ClassVar[int]
     id: str
     module_id: str
     version: str
@@ -57,7 +99,13 @@ class Version(_message.Message):
     size_bytes: int
     created_by: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., module_id: _Optional[str] = ..., version: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ProtoFile, _Mapping]]] = ..., size_bytes: _Optional[int] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    digest: str
+    source: VersionSource
+    dependencies: _containers.RepeatedCompositeFieldContainer[VersionRef]
+    org_id: str
+    org_name: str
+    module_name: str
+    def __init__(self, id: _Optional[str] = ..., module_id: _Optional[str] = ..., version: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ProtoFile, _Mapping]]] = ..., size_bytes: _Optional[int] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., digest: _Optional[str] = ..., source: _Optional[_Union[VersionSource, _Mapping]] = ..., dependencies: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., org_id: _Optional[str] = ..., org_name: _Optional[str] = ..., module_name: _Optional[str] = ...) -> None: ...
 
 class GeneratedFile(_message.Message):
     __slots__ = ("language", "path", "content")
@@ -70,16 +118,18 @@ class GeneratedFile(_message.Message):
     def __init__(self, language: _Optional[str] = ..., path: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class CreateModuleRequest(_message.Message):
-    __slots__ = ("org", "name", "description", "is_public")
+    __slots__ = ("org", "name", "description", "is_public", "breaking_change_policy")
     ORG_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     IS_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    BREAKING_CHANGE_POLICY_FIELD_NUMBER: _ClassVar[int]
     org: str
     name: str
     description: str
     is_public: bool
-    def __init__(self, org: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., is_public: _Optional[bool] = ...) -> None: ...
+    breaking_change_policy: BreakingChangePolicy
+    def __init__(self, org: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., is_public: _Optional[bool] = ..., breaking_change_policy: _Optional[_Union[BreakingChangePolicy, str]] = ...) -> None: ...
 
 class CreateModuleResponse(_message.Message):
     __slots__ = ("module",)
@@ -138,28 +188,34 @@ class UpdateModuleResponse(_message.Message):
     def __init__(self, module: _Optional[_Union[Module, _Mapping]] = ...) -> None: ...
 
 class DeleteModuleRequest(_message.Message):
-    __slots__ = ("org", "module")
+    __slots__ = ("org", "module", "force")
     ORG_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     org: str
     module: str
-    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class DeleteModuleResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class CreateVersionRequest(_message.Message):
-    __slots__ = ("org", "module", "version", "files")
+    __slots__ = ("org", "module", "version", "files", "dependencies", "source")
     ORG_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     org: str
     module: str
     version: str
     files: _containers.RepeatedCompositeFieldContainer[ProtoFile]
-    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ..., version: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ProtoFile, _Mapping]]] = ...) -> None: ...
+    dependencies: _containers.RepeatedCompositeFieldContainer[VersionRef]
+    source: VersionSource
+    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ..., version: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ProtoFile, _Mapping]]] = ..., dependencies: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., source: _Optional[_Union[VersionSource, _Mapping]] = ...) -> None: ...
 
 class CreateVersionResponse(_message.Message):
     __slots__ = ("version",)
@@ -222,6 +278,70 @@ class CompileVersionResponse(_message.Message):
     descriptor_set: bytes
     files: _containers.RepeatedCompositeFieldContainer[GeneratedFile]
     def __init__(self, descriptor_set: _Optional[bytes] = ..., files: _Optional[_Iterable[_Union[GeneratedFile, _Mapping]]] = ...) -> None: ...
+
+class CompatibilityViolation(_message.Message):
+    __slots__ = ("rule", "path", "message")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    path: str
+    message: str
+    def __init__(self, rule: _Optional[str] = ..., path: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class CheckCompatibilityRequest(_message.Message):
+    __slots__ = ("org", "module", "version", "against_version")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    AGAINST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    module: str
+    version: str
+    against_version: str
+    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ..., version: _Optional[str] = ..., against_version: _Optional[str] = ...) -> None: ...
+
+class CheckCompatibilityResponse(_message.Message):
+    __slots__ = ("compatible", "violations")
+    COMPATIBLE_FIELD_NUMBER: _ClassVar[int]
+    VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    compatible: bool
+    violations: _containers.RepeatedCompositeFieldContainer[CompatibilityViolation]
+    def __init__(self, compatible: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[CompatibilityViolation, _Mapping]]] = ...) -> None: ...
+
+class DependencyGraphNode(_message.Message):
+    __slots__ = ("id", "version")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    version: VersionRef
+    def __init__(self, id: _Optional[str] = ..., version: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
+
+class DependencyGraphEdge(_message.Message):
+    __slots__ = ("dependent", "dependency")
+    DEPENDENT_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_FIELD_NUMBER: _ClassVar[int]
+    dependent: str
+    dependency: str
+    def __init__(self, dependent: _Optional[str] = ..., dependency: _Optional[str] = ...) -> None: ...
+
+class GetDependencyGraphRequest(_message.Message):
+    __slots__ = ("org", "module", "version")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    module: str
+    version: str
+    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class GetDependencyGraphResponse(_message.Message):
+    __slots__ = ("nodes", "edges")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[DependencyGraphNode]
+    edges: _containers.RepeatedCompositeFieldContainer[DependencyGraphEdge]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[DependencyGraphNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[DependencyGraphEdge, _Mapping]]] = ...) -> None: ...
 
 class ListPublicModulesRequest(_message.Message):
     __slots__ = ("query", "page_size", "page_token")

@@ -27,6 +27,17 @@ if _version_not_supported:
 
 class ModuleServiceStub:
     """Protobuf schema modules, their immutable versions, and compilation.
+
+    A module is a named set of `.proto` files in an organization; a version is
+    an immutable snapshot of those files that may depend on versions of other
+    modules: of the same organization, or public modules of other ones. Every
+    `module` field accepts the module's id or its name.
+
+    Public modules and their versions can be read by anyone, anonymously too,
+    through GetModule, ListModules, GetVersion, ListVersions and
+    ListPublicModules. To a caller who is not a member, an organization without
+    a public module looks exactly like a missing one, and a private module looks
+    exactly like a missing one (NOT_FOUND, same message).
     """
 
     def __init__(self, channel):
@@ -80,6 +91,16 @@ class ModuleServiceStub:
                 request_serializer=spoke_dot_v1_dot_module__pb2.CompileVersionRequest.SerializeToString,
                 response_deserializer=spoke_dot_v1_dot_module__pb2.CompileVersionResponse.FromString,
                 _registered_method=True)
+        self.CheckCompatibility = channel.unary_unary(
+                '/spoke.v1.ModuleService/CheckCompatibility',
+                request_serializer=spoke_dot_v1_dot_module__pb2.CheckCompatibilityRequest.SerializeToString,
+                response_deserializer=spoke_dot_v1_dot_module__pb2.CheckCompatibilityResponse.FromString,
+                _registered_method=True)
+        self.GetDependencyGraph = channel.unary_unary(
+                '/spoke.v1.ModuleService/GetDependencyGraph',
+                request_serializer=spoke_dot_v1_dot_module__pb2.GetDependencyGraphRequest.SerializeToString,
+                response_deserializer=spoke_dot_v1_dot_module__pb2.GetDependencyGraphResponse.FromString,
+                _registered_method=True)
         self.ListPublicModules = channel.unary_unary(
                 '/spoke.v1.ModuleService/ListPublicModules',
                 request_serializer=spoke_dot_v1_dot_module__pb2.ListPublicModulesRequest.SerializeToString,
@@ -89,6 +110,17 @@ class ModuleServiceStub:
 
 class ModuleServiceServicer:
     """Protobuf schema modules, their immutable versions, and compilation.
+
+    A module is a named set of `.proto` files in an organization; a version is
+    an immutable snapshot of those files that may depend on versions of other
+    modules: of the same organization, or public modules of other ones. Every
+    `module` field accepts the module's id or its name.
+
+    Public modules and their versions can be read by anyone, anonymously too,
+    through GetModule, ListModules, GetVersion, ListVersions and
+    ListPublicModules. To a caller who is not a member, an organization without
+    a public module looks exactly like a missing one, and a private module looks
+    exactly like a missing one (NOT_FOUND, same message).
     """
 
     def CreateModule(self, request, context):
@@ -106,7 +138,8 @@ class ModuleServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModules(self, request, context):
-        """Lists the organization's modules by name.
+        """Lists the organization's modules by name. Callers who are not members see
+        its public modules only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,6 +155,8 @@ class ModuleServiceServicer:
 
     def DeleteModule(self, request, context):
         """Deletes a module with its versions. Admins, or the module's creator.
+        While versions of other modules depend on its versions it is refused with
+        FAILED_PRECONDITION naming them, unless an admin sets `force`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,7 +164,11 @@ class ModuleServiceServicer:
 
     def CreateVersion(self, request, context):
         """Pushes an immutable version. Consumes one of `max_versions_per_module` and
-        the files' bytes of `max_storage_bytes`.
+        the files' bytes of `max_storage_bytes`. The files must compile together
+        with the files of their dependencies (transitively) and the well-known
+        types (`google/protobuf/*.proto`); compiler errors are INVALID_ARGUMENT
+        with a BadRequest violation per error, naming `files[i].content` and
+        `path:line:column`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +191,22 @@ class ModuleServiceServicer:
     def CompileVersion(self, request, context):
         """Compiles a version into a FileDescriptorSet and generated code. Consumes
         one of the organization's monthly compile jobs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckCompatibility(self, request, context):
+        """Checks whether a version is wire- and JSON-compatible with another
+        version of the same module. Compiles both, so it consumes one of the
+        organization's monthly compile jobs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDependencyGraph(self, request, context):
+        """Returns a version's dependencies, transitively, as a graph.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -213,6 +268,16 @@ def add_ModuleServiceServicer_to_server(servicer, server):
                     request_deserializer=spoke_dot_v1_dot_module__pb2.CompileVersionRequest.FromString,
                     response_serializer=spoke_dot_v1_dot_module__pb2.CompileVersionResponse.SerializeToString,
             ),
+            'CheckCompatibility': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckCompatibility,
+                    request_deserializer=spoke_dot_v1_dot_module__pb2.CheckCompatibilityRequest.FromString,
+                    response_serializer=spoke_dot_v1_dot_module__pb2.CheckCompatibilityResponse.SerializeToString,
+            ),
+            'GetDependencyGraph': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDependencyGraph,
+                    request_deserializer=spoke_dot_v1_dot_module__pb2.GetDependencyGraphRequest.FromString,
+                    response_serializer=spoke_dot_v1_dot_module__pb2.GetDependencyGraphResponse.SerializeToString,
+            ),
             'ListPublicModules': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPublicModules,
                     request_deserializer=spoke_dot_v1_dot_module__pb2.ListPublicModulesRequest.FromString,
@@ -228,6 +293,17 @@ def add_ModuleServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ModuleService:
     """Protobuf schema modules, their immutable versions, and compilation.
+
+    A module is a named set of `.proto` files in an organization; a version is
+    an immutable snapshot of those files that may depend on versions of other
+    modules: of the same organization, or public modules of other ones. Every
+    `module` field accepts the module's id or its name.
+
+    Public modules and their versions can be read by anyone, anonymously too,
+    through GetModule, ListModules, GetVersion, ListVersions and
+    ListPublicModules. To a caller who is not a member, an organization without
+    a public module looks exactly like a missing one, and a private module looks
+    exactly like a missing one (NOT_FOUND, same message).
     """
 
     @staticmethod
@@ -463,6 +539,60 @@ class ModuleService:
             '/spoke.v1.ModuleService/CompileVersion',
             spoke_dot_v1_dot_module__pb2.CompileVersionRequest.SerializeToString,
             spoke_dot_v1_dot_module__pb2.CompileVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckCompatibility(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spoke.v1.ModuleService/CheckCompatibility',
+            spoke_dot_v1_dot_module__pb2.CheckCompatibilityRequest.SerializeToString,
+            spoke_dot_v1_dot_module__pb2.CheckCompatibilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDependencyGraph(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spoke.v1.ModuleService/GetDependencyGraph',
+            spoke_dot_v1_dot_module__pb2.GetDependencyGraphRequest.SerializeToString,
+            spoke_dot_v1_dot_module__pb2.GetDependencyGraphResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -147,3 +147,17 @@ class DeleteOrganizationRequest(_message.Message):
 class DeleteOrganizationResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class TransferOwnershipRequest(_message.Message):
+    __slots__ = ("org", "user_id")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    user_id: str
+    def __init__(self, org: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class TransferOwnershipResponse(_message.Message):
+    __slots__ = ("organization",)
+    ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    organization: Organization
+    def __init__(self, organization: _Optional[_Union[Organization, _Mapping]] = ...) -> None: ...

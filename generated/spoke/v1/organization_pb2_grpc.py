@@ -62,6 +62,11 @@ class OrganizationServiceStub:
                 request_serializer=spoke_dot_v1_dot_organization__pb2.DeleteOrganizationRequest.SerializeToString,
                 response_deserializer=spoke_dot_v1_dot_organization__pb2.DeleteOrganizationResponse.FromString,
                 _registered_method=True)
+        self.TransferOwnership = channel.unary_unary(
+                '/spoke.v1.OrganizationService/TransferOwnership',
+                request_serializer=spoke_dot_v1_dot_organization__pb2.TransferOwnershipRequest.SerializeToString,
+                response_deserializer=spoke_dot_v1_dot_organization__pb2.TransferOwnershipResponse.FromString,
+                _registered_method=True)
 
 
 class OrganizationServiceServicer:
@@ -110,6 +115,16 @@ class OrganizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransferOwnership(self, request, context):
+        """Hands the organization over to another member, who becomes an admin and
+        the owner; the previous owner stays an admin. The new owner must already
+        be a member (FAILED_PRECONDITION otherwise); naming the current owner
+        changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrganizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +152,11 @@ def add_OrganizationServiceServicer_to_server(servicer, server):
                     servicer.DeleteOrganization,
                     request_deserializer=spoke_dot_v1_dot_organization__pb2.DeleteOrganizationRequest.FromString,
                     response_serializer=spoke_dot_v1_dot_organization__pb2.DeleteOrganizationResponse.SerializeToString,
+            ),
+            'TransferOwnership': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferOwnership,
+                    request_deserializer=spoke_dot_v1_dot_organization__pb2.TransferOwnershipRequest.FromString,
+                    response_serializer=spoke_dot_v1_dot_organization__pb2.TransferOwnershipResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -277,6 +297,33 @@ class OrganizationService:
             '/spoke.v1.OrganizationService/DeleteOrganization',
             spoke_dot_v1_dot_organization__pb2.DeleteOrganizationRequest.SerializeToString,
             spoke_dot_v1_dot_organization__pb2.DeleteOrganizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferOwnership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spoke.v1.OrganizationService/TransferOwnership',
+            spoke_dot_v1_dot_organization__pb2.TransferOwnershipRequest.SerializeToString,
+            spoke_dot_v1_dot_organization__pb2.TransferOwnershipResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,293 @@
+"""Members, roles, invitations and ownership: the rules that keep an organization governable.
+
+- The owner is always an admin: it cannot be demoted or removed, only replaced by
+  ``transfer_ownership``, after which the previous owner stays an admin.
+- The organization always keeps an admin. The check locks every admin membership
+  (``FOR UPDATE``, stable order) in the call's transaction, so two concurrent demotions of
+  the last two admins cannot both pass: the second waits, then sees one admin left.
+- A role change or removal locks the member's row ``FOR UPDATE``: it waits for that
+  member's writes in flight (they hold the row ``FOR KEY SHARE``).
+- Invitation tokens are returned once; only their SHA-256 is stored. Accepting needs the
+  invited email (any case), creates the membership and closes the invitation together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+from psycopg import AsyncConnection
+
+from spoke_grpc import tokens
+from spoke_grpc.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    PreconditionViolation,
+)
+from spoke_grpc.store import audit, members, organizations, outbox, users
+from spoke_grpc.store.members import InvitationRow, MemberRow
+from spoke_grpc.types import Organization, OrgContext, OrgStatus, Principal, Role
+from spoke_grpc.validation import Violations, parse_uuid
+
+_MAX_INVITATION_TOKEN = 128
+
+
+@dataclass(frozen=True)
+class CreatedInvitation:
+    invitation: InvitationRow
+    token: tokens.IssuedToken
+
+
+def _user_id(field: str, value: str) -> uuid.UUID:
+    parsed = parse_uuid(value)
+    if parsed is None:
+        raise InvalidArgument.field(field, "must be a user id (UUID)" if value else "required")
+    return parsed
+
+
+def _violation(kind: str, org: OrgContext, description: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        PreconditionViolation(
+            type=kind, subject=f"organizations/{org.name}", description=description
+        )
+    )
+
+
+async def add_member(
+    conn: AsyncConnection,
+    org: OrgContext,
+    user_ref: str,
+    role: Role,
+    *,
+    principal: Principal,
+    method: str,
+) -> MemberRow:
+    """Adds an existing user (by id or email) with ``role``."""
+    if not user_ref:
+        raise InvalidArgument.field("user", "required: the user's id or email")
+    user = await users.find_user(conn, parse_uuid(user_ref) or user_ref)
+    if user is None:
+        raise NotFound("user", user_ref)
+    await members.insert_member(
+        conn, org_id=org.id, user_id=user.id, role=role, invited_by=principal.user_id
+    )
+    await _audit(conn, method, principal, org, f"members/{user.id}:{role.value}")
+    return await _member(conn, org, user.id)
+
+
+async def update_member_role(
+    conn: AsyncConnection,
+    org: OrgContext,
+    user_ref: str,
+    role: Role,
+    *,
+    principal: Principal,
+    method: str,
+) -> MemberRow:
+    user_id = _user_id("user_id", user_ref)
+    member = await _locked_member(conn, org, user_id, user_ref)
+    if member.role != role.value:
+        if user_id == org.owner_id:
+            raise _violation(
+                "OWNER_IS_ADMIN",
+                org,
+                "the owner is always an admin; transfer ownership to another admin first",
+            )
+        if member.role == Role.ADMIN.value:
+            await _keep_an_admin(conn, org, user_id, "demoting")
+        await members.set_role(conn, org.id, user_id, role)
+    await _audit(conn, method, principal, org, f"members/{user_id}:{role.value}")
+    return await _member(conn, org, user_id)
+
+
+async def remove_member(
+    conn: AsyncConnection, org: OrgContext, user_ref: str, *, principal: Principal, method: str
+) -> None:
+    user_id = _user_id("user_id", user_ref)
+    member = await _locked_member(conn, org, user_id, user_ref)
+    if user_id == org.owner_id:
+        raise _violation(
+            "OWNER_IS_ADMIN", org, "the owner cannot be removed; transfer ownership first"
+        )
+    if member.role == Role.ADMIN.value:
+        await _keep_an_admin(conn, org, user_id, "removing")
+    await members.delete_member(conn, org.id, user_id)
+    await _audit(conn, method, principal, org, f"members/{user_id}")
+
+
+async def transfer_ownership(
+    conn: AsyncConnection, org: OrgContext, user_ref: str, *, principal: Principal, method: str
+) -> Organization:
+    """Makes a member the owner and an admin; the previous owner stays an admin."""
+    user_id = _user_id("user_id", user_ref)
+    # FOR UPDATE: waits for the org's writes in flight, and serialises transfers.
+    current = await organizations.get_org(conn, org.id, lock=True)
+    if current is None:
+        raise NotFound("organization", org.name)
+    if user_id == current.owner_id:
+        return current
+    if await members.get_member(conn, org.id, user_id, lock=True) is None:
+        raise _violation(
+            "NOT_A_MEMBER",
+            org,
+            f"user {user_ref!r} is not a member of {org.name!r}; add them first",
+        )
+    previous = current.owner_id
+    await members.set_role(conn, org.id, user_id, Role.ADMIN)
+    if await members.get_member(conn, org.id, previous, lock=True) is None:
+        await members.insert_member(
+            conn, org_id=org.id, user_id=previous, role=Role.ADMIN, invited_by=None
+        )
+    else:
+        await members.set_role(conn, org.id, previous, Role.ADMIN)
+    await members.set_owner(conn, org.id, user_id)
+    await _audit(conn, method, principal, org, f"owner/{user_id}")
+    updated = await organizations.get_org(conn, org.id)
+    if updated is None:
+        raise NotFound("organization", org.name)
+    return updated
+
+
+async def create_invitation(
+    conn: AsyncConnection,
+    org: OrgContext,
+    email: str,
+    role: Role,
+    *,
+    ttl: dt.timedelta,
+    principal: Principal,
+    method: str,
+) -> CreatedInvitation:
+    email = email.strip()
+    violations = Violations()
+    violations.email("email", email)
+    violations.raise_if_any()
+    existing = await users.find_user(conn, email)
+    if existing is not None and await members.get_member(conn, org.id, existing.id) is not None:
+        raise AlreadyExists("member", email)
+    token = tokens.issue(tokens.INVITATION_TOKEN_PREFIX)
+    invitation = await members.insert_invitation(
+        conn,
+        org_id=org.id,
+        email=email,
+        role=role,
+        token_hash=token.digest,
+        invited_by=principal.user_id,
+        ttl=ttl,
+    )
+    await outbox.enqueue(conn, org.id, invitation.id)
+    await _audit(conn, method, principal, org, f"invitations/{invitation.id}:{role.value}")
+    return CreatedInvitation(invitation=invitation, token=token)
+
+
+async def revoke_invitation(
+    conn: AsyncConnection, org: OrgContext, ref: str, *, principal: Principal, method: str
+) -> InvitationRow:
+    """Revokes a pending invitation of this org; repeating it (or an expired one) is harmless."""
+    invitation_id = parse_uuid(ref)
+    if invitation_id is None:
+        raise InvalidArgument.field("invitation_id", "must be a UUID" if ref else "required")
+    invitation = await members.get_invitation(conn, org.id, invitation_id)
+    if invitation is None:
+        raise NotFound("invitation", ref)
+    if invitation.state == "accepted":
+        raise _violation(
+            "INVITATION_ACCEPTED",
+            org,
+            f"invitation {ref!r} was accepted; remove the member instead",
+        )
+    if invitation.state == "pending":
+        invitation = await members.close_invitation(
+            conn, org.id, invitation_id, state="revoked", by=principal.user_id
+        )
+    await _audit(conn, method, principal, org, f"invitations/{invitation_id}")
+    return invitation
+
+
+async def accept_invitation(
+    conn: AsyncConnection, token: str, *, principal: Principal, method: str
+) -> MemberRow:
+    """Makes the caller a member; the invitation must be pending and for the caller's email."""
+    if not token:
+        raise InvalidArgument.field("token", "required: the invitation token")
+    not_found = NotFound("invitation", "token")
+    if not token.startswith(tokens.INVITATION_TOKEN_PREFIX) or len(token) > _MAX_INVITATION_TOKEN:
+        raise not_found
+    invitation = await members.invitation_by_token(conn, tokens.digest(token))
+    if invitation is None:
+        raise not_found
+    if invitation.email.lower() != principal.email.lower():
+        raise PermissionDenied(
+            "this invitation is for another email address; sign in as the invited user"
+        )
+    row = await organizations.get_org(conn, invitation.org_id)
+    if row is None:
+        raise not_found
+    org = OrgContext(org=row, role=None)
+    if invitation.state != "pending":
+        raise _violation(
+            f"INVITATION_{invitation.state.upper()}",
+            org,
+            f"this invitation is {invitation.state}; ask an admin of {org.name!r} for a new one",
+        )
+    if OrgStatus(row.status) is OrgStatus.SUSPENDED:
+        raise _violation("ORGANIZATION_SUSPENDED", org, f"organization {org.name!r} is suspended")
+    await members.insert_member(
+        conn,
+        org_id=org.id,
+        user_id=principal.user_id,
+        role=Role(invitation.role),
+        invited_by=invitation.invited_by,
+    )
+    await members.close_invitation(
+        conn, org.id, invitation.id, state="accepted", by=principal.user_id
+    )
+    await _audit(conn, method, principal, org, f"invitations/{invitation.id}")
+    return await _member(conn, org, principal.user_id)
+
+
+async def _locked_member(
+    conn: AsyncConnection, org: OrgContext, user_id: uuid.UUID, ref: str
+) -> MemberRow:
+    member = await members.get_member(conn, org.id, user_id, lock=True)
+    if member is None:
+        raise NotFound("member", ref)
+    return member
+
+
+async def _member(conn: AsyncConnection, org: OrgContext, user_id: uuid.UUID) -> MemberRow:
+    member = await members.get_member(conn, org.id, user_id)
+    if member is None:
+        raise NotFound("member", str(user_id))
+    return member
+
+
+async def _keep_an_admin(
+    conn: AsyncConnection, org: OrgContext, user_id: uuid.UUID, action: str
+) -> None:
+    admins = await members.lock_admins(conn, org.id)
+    if admins == [user_id]:
+        raise _violation(
+            "LAST_ADMIN",
+            org,
+            f"{action} the last admin of {org.name!r} would leave it without one;"
+            " make another member an admin first",
+        )
+
+
+async def _audit(
+    conn: AsyncConnection, method: str, principal: Principal, org: OrgContext, target: str
+) -> None:
+    await audit.record(
+        conn,
+        audit.AuditEvent(
+            method=method,
+            actor_id=principal.user_id,
+            org_id=org.id,
+            target=f"organizations/{org.name}/{target}",
+        ),
+    )

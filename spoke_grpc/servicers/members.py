@@ -1,0 +1,166 @@
+"""spoke.v1.MemberService."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from grpc import aio
+from spoke.v1 import member_pb2, member_pb2_grpc
+
+from spoke_grpc import pagination
+from spoke_grpc.app import App
+from spoke_grpc.call import current_call
+from spoke_grpc.domain import members as domain
+from spoke_grpc.servicers.convert import ROLE_TO_PROTO, role_from_proto, timestamp
+from spoke_grpc.store import members as store
+from spoke_grpc.store.members import InvitationRow, MemberRow
+from spoke_grpc.types import Role
+
+_STATE_TO_PROTO = {
+    "pending": member_pb2.INVITATION_STATE_PENDING,
+    "accepted": member_pb2.INVITATION_STATE_ACCEPTED,
+    "revoked": member_pb2.INVITATION_STATE_REVOKED,
+    "expired": member_pb2.INVITATION_STATE_EXPIRED,
+}
+_MEMBER_KEY = (pagination.timestamp, pagination.uuid_part)
+_INVITATION_KEY = (pagination.timestamp, pagination.uuid_part)
+
+
+def member_to_proto(row: MemberRow) -> member_pb2.Member:
+    return member_pb2.Member(
+        user_id=str(row.user_id),
+        email=row.email,
+        display_name=row.display_name,
+        role=ROLE_TO_PROTO[Role(row.role)],
+        invited_by=str(row.invited_by or ""),
+        join_time=timestamp(row.joined_at),
+    )
+
+
+def invitation_to_proto(row: InvitationRow) -> member_pb2.Invitation:
+    return member_pb2.Invitation(
+        id=str(row.id),
+        email=row.email,
+        role=ROLE_TO_PROTO[Role(row.role)],
+        state=_STATE_TO_PROTO[row.state],
+        invited_by=str(row.invited_by or ""),
+        create_time=timestamp(row.created_at),
+        expire_time=timestamp(row.expires_at),
+    )
+
+
+class MemberServicer(member_pb2_grpc.MemberServiceServicer):
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    async def ListMembers(
+        self, request: member_pb2.ListMembersRequest, context: aio.ServicerContext
+    ) -> member_pb2.ListMembersResponse:
+        call = current_call()
+        org = call.require_org()
+        pages = self._app.pages
+        page = pages.request("members", org.id, request.page_size, request.page_token, _MEMBER_KEY)
+        rows = await store.list_members(call.db, org.id, page)
+        return member_pb2.ListMembersResponse(
+            members=[member_to_proto(r) for r in rows[: page.size]],
+            next_page_token=pages.next_token(
+                "members", org.id, rows, page, lambda r: [r.joined_at, r.user_id]
+            ),
+        )
+
+    async def AddMember(
+        self, request: member_pb2.AddMemberRequest, context: aio.ServicerContext
+    ) -> member_pb2.AddMemberResponse:
+        call = current_call()
+        member = await domain.add_member(
+            call.db,
+            call.require_org(),
+            request.user,
+            role_from_proto("role", request.role),
+            principal=call.require_principal(),
+            method=call.policy.method,
+        )
+        return member_pb2.AddMemberResponse(member=member_to_proto(member))
+
+    async def UpdateMemberRole(
+        self, request: member_pb2.UpdateMemberRoleRequest, context: aio.ServicerContext
+    ) -> member_pb2.UpdateMemberRoleResponse:
+        call = current_call()
+        member = await domain.update_member_role(
+            call.db,
+            call.require_org(),
+            request.user_id,
+            role_from_proto("role", request.role),
+            principal=call.require_principal(),
+            method=call.policy.method,
+        )
+        return member_pb2.UpdateMemberRoleResponse(member=member_to_proto(member))
+
+    async def RemoveMember(
+        self, request: member_pb2.RemoveMemberRequest, context: aio.ServicerContext
+    ) -> member_pb2.RemoveMemberResponse:
+        call = current_call()
+        await domain.remove_member(
+            call.db,
+            call.require_org(),
+            request.user_id,
+            principal=call.require_principal(),
+            method=call.policy.method,
+        )
+        return member_pb2.RemoveMemberResponse()
+
+    async def CreateInvitation(
+        self, request: member_pb2.CreateInvitationRequest, context: aio.ServicerContext
+    ) -> member_pb2.CreateInvitationResponse:
+        call = current_call()
+        created = await domain.create_invitation(
+            call.db,
+            call.require_org(),
+            request.email,
+            role_from_proto("role", request.role),
+            ttl=dt.timedelta(hours=self._app.settings.invitation_ttl_hours),
+            principal=call.require_principal(),
+            method=call.policy.method,
+        )
+        return member_pb2.CreateInvitationResponse(
+            invitation=invitation_to_proto(created.invitation), token=created.token.value
+        )
+
+    async def ListInvitations(
+        self, request: member_pb2.ListInvitationsRequest, context: aio.ServicerContext
+    ) -> member_pb2.ListInvitationsResponse:
+        call = current_call()
+        org = call.require_org()
+        pages = self._app.pages
+        page = pages.request(
+            "invitations", org.id, request.page_size, request.page_token, _INVITATION_KEY
+        )
+        rows = await store.list_invitations(call.db, org.id, page)
+        return member_pb2.ListInvitationsResponse(
+            invitations=[invitation_to_proto(r) for r in rows[: page.size]],
+            next_page_token=pages.next_token(
+                "invitations", org.id, rows, page, lambda r: [r.created_at, r.id]
+            ),
+        )
+
+    async def RevokeInvitation(
+        self, request: member_pb2.RevokeInvitationRequest, context: aio.ServicerContext
+    ) -> member_pb2.RevokeInvitationResponse:
+        call = current_call()
+        invitation = await domain.revoke_invitation(
+            call.db,
+            call.require_org(),
+            request.invitation_id,
+            principal=call.require_principal(),
+            method=call.policy.method,
+        )
+        return member_pb2.RevokeInvitationResponse(invitation=invitation_to_proto(invitation))
+
+    async def AcceptInvitation(
+        self, request: member_pb2.AcceptInvitationRequest, context: aio.ServicerContext
+    ) -> member_pb2.AcceptInvitationResponse:
+        call = current_call()
+        member = await domain.accept_invitation(
+            call.db, request.token, principal=call.require_principal(), method=call.policy.method
+        )
+        return member_pb2.AcceptInvitationResponse(member=member_to_proto(member))

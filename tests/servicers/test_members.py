@@ -1,0 +1,581 @@
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+from google.rpc.error_details_pb2 import PreconditionFailure
+from spoke.v1 import member_pb2 as mpb
+from spoke.v1 import organization_pb2 as opb
+from spoke.v1 import user_pb2
+
+from spoke_grpc.types import Role
+from tests import harness
+from tests.conftest import Users
+from tests.harness import Client, all_pages, failure
+
+ROLE = {
+    Role.ADMIN: mpb.ROLE_ADMIN,
+    Role.DEVELOPER: mpb.ROLE_DEVELOPER,
+    Role.VIEWER: mpb.ROLE_VIEWER,
+}
+
+
+class Org:
+    """An organization with an owner and one member of each role."""
+
+    def __init__(self, users: Users, name: str = "team") -> None:
+        self.name = name
+        self.owner = users.create("owner")
+        self.id = self.owner.orgs.CreateOrganization(
+            opb.CreateOrganizationRequest(name=name)
+        ).organization.id
+        self.admin = users.create("admin")
+        self.developer = users.create("dev")
+        self.viewer = users.create("viewer")
+        users.join(self.id, self.admin, Role.ADMIN)
+        users.join(self.id, self.developer, Role.DEVELOPER)
+        users.join(self.id, self.viewer, Role.VIEWER)
+
+    def roles(self) -> dict[str, int]:
+        listed = self.owner.members.ListMembers(mpb.ListMembersRequest(org=self.name)).members
+        return {m.user_id: m.role for m in listed}
+
+
+@pytest.fixture
+def team(users: Users) -> Org:
+    return Org(users)
+
+
+def invite(client: Client, org: str, email: str, role: int = mpb.ROLE_DEVELOPER) -> Any:
+    return client.members.CreateInvitation(
+        mpb.CreateInvitationRequest(org=org, email=email, role=role)
+    )
+
+
+def accept(client: Client, token: str) -> Any:
+    return client.members.AcceptInvitation(mpb.AcceptInvitationRequest(token=token))
+
+
+# --- members -----------------------------------------------------------------------------
+
+
+def test_add_member_by_id_or_email_keeps_who_added_and_when(
+    team: Org, users: Users, db: psycopg.Connection[Any]
+) -> None:
+    by_id, by_email = users.create("carol"), users.create("dave")
+    added = team.admin.members.AddMember(
+        mpb.AddMemberRequest(org=team.name, user=by_id.user_id, role=mpb.ROLE_VIEWER)
+    ).member
+    assert (added.user_id, added.email, added.role) == (by_id.user_id, by_id.email, mpb.ROLE_VIEWER)
+    assert added.invited_by == team.admin.user_id
+    assert added.join_time.seconds > 0
+    by_mail = team.admin.members.AddMember(
+        mpb.AddMemberRequest(org=team.name, user=by_email.email.upper(), role=mpb.ROLE_DEVELOPER)
+    ).member
+    assert by_mail.user_id == by_email.user_id
+    listed = team.viewer.members.ListMembers(mpb.ListMembersRequest(org=team.name)).members
+    assert [m.user_id for m in listed][-2:] == [by_id.user_id, by_email.user_id]
+    assert db.execute(
+        "SELECT count(*) FROM audit_events WHERE method LIKE %s AND outcome = 'OK'", ["%AddMember"]
+    ).fetchone() == (5,)  # the three of the fixture and these two
+
+
+@pytest.mark.parametrize(
+    ("user", "role", "code", "field"),
+    [
+        pytest.param("", mpb.ROLE_VIEWER, grpc.StatusCode.INVALID_ARGUMENT, "user", id="no-user"),
+        pytest.param(
+            "nobody@example.com",
+            mpb.ROLE_VIEWER,
+            grpc.StatusCode.NOT_FOUND,
+            None,
+            id="unknown-email",
+        ),
+        pytest.param(
+            "0b9d7a58-0b87-4b8e-9d1e-3f0c1c2a4b5d",
+            mpb.ROLE_VIEWER,
+            grpc.StatusCode.NOT_FOUND,
+            None,
+            id="unknown-id",
+        ),
+        pytest.param(
+            "x@example.com",
+            mpb.ROLE_UNSPECIFIED,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "role",
+            id="no-role",
+        ),
+        pytest.param(
+            "x@example.com", 42, grpc.StatusCode.INVALID_ARGUMENT, "role", id="unknown-role"
+        ),
+    ],
+)
+def test_add_member_refuses_bad_requests(
+    team: Org, user: str, role: int, code: grpc.StatusCode, field: str | None
+) -> None:
+    error = failure(
+        lambda: team.admin.members.AddMember(
+            mpb.AddMemberRequest(org=team.name, user=user, role=role)
+        )
+    )
+    assert error.code is code
+    if field:
+        assert set(error.field_violations) == {field}
+
+
+def test_adding_a_member_twice_is_already_exists(team: Org) -> None:
+    error = failure(
+        lambda: team.admin.members.AddMember(
+            mpb.AddMemberRequest(org=team.name, user=team.viewer.email, role=mpb.ROLE_ADMIN)
+        )
+    )
+    assert error.code is grpc.StatusCode.ALREADY_EXISTS
+    assert team.roles()[team.viewer.user_id] == mpb.ROLE_VIEWER
+
+
+def test_roles_change_and_members_leave(team: Org, db: psycopg.Connection[Any]) -> None:
+    promoted = team.admin.members.UpdateMemberRole(
+        mpb.UpdateMemberRoleRequest(org=team.name, user_id=team.viewer.user_id, role=mpb.ROLE_ADMIN)
+    ).member
+    assert promoted.role == mpb.ROLE_ADMIN
+    # The promotion takes effect at once: the former viewer can now add members.
+    team.viewer.members.RemoveMember(
+        mpb.RemoveMemberRequest(org=team.name, user_id=team.developer.user_id)
+    )
+    assert team.developer.user_id not in team.roles()
+    assert failure(
+        lambda: team.developer.orgs.GetOrganization(opb.GetOrganizationRequest(org=team.name))
+    ).code is (grpc.StatusCode.NOT_FOUND)
+    targets = db.execute(
+        "SELECT target FROM audit_events WHERE method LIKE %s OR method LIKE %s ORDER BY id",
+        ["%UpdateMemberRole", "%RemoveMember"],
+    ).fetchall()
+    assert targets == [
+        (f"organizations/team/members/{team.viewer.user_id}:admin",),
+        (f"organizations/team/members/{team.developer.user_id}",),
+    ]
+
+
+def test_the_owner_cannot_be_demoted_or_removed(team: Org) -> None:
+    for call in (
+        lambda: team.admin.members.UpdateMemberRole(
+            mpb.UpdateMemberRoleRequest(
+                org=team.name, user_id=team.owner.user_id, role=mpb.ROLE_VIEWER
+            )
+        ),
+        lambda: team.admin.members.RemoveMember(
+            mpb.RemoveMemberRequest(org=team.name, user_id=team.owner.user_id)
+        ),
+    ):
+        error = failure(call)
+        assert error.code is grpc.StatusCode.FAILED_PRECONDITION
+        assert error.detail(PreconditionFailure).violations[0].type == "OWNER_IS_ADMIN"
+    assert team.roles()[team.owner.user_id] == mpb.ROLE_ADMIN
+
+
+def test_the_last_admin_row_is_kept(
+    admin: Client, users: Users, db: psycopg.Connection[Any]
+) -> None:
+    team = Org(users, "lonely")
+    # Only one admin membership left (the owner's row was lost): it cannot go.
+    db.execute("DELETE FROM organization_members WHERE user_id = %s", [team.owner.user_id])
+    for call in (
+        lambda: admin.members.UpdateMemberRole(
+            mpb.UpdateMemberRoleRequest(
+                org="lonely", user_id=team.admin.user_id, role=mpb.ROLE_VIEWER
+            )
+        ),
+        lambda: admin.members.RemoveMember(
+            mpb.RemoveMemberRequest(org="lonely", user_id=team.admin.user_id)
+        ),
+    ):
+        error = failure(call)
+        assert error.code is grpc.StatusCode.FAILED_PRECONDITION
+        assert error.detail(PreconditionFailure).violations[0].type == "LAST_ADMIN"
+
+
+def test_concurrent_demotions_of_the_last_two_admins_leave_one(
+    admin: Client, users: Users, db: psycopg.Connection[Any]
+) -> None:
+    for attempt in range(3):
+        name = f"pair-{attempt}"
+        team = Org(users, name)
+        team.owner.members.UpdateMemberRole(
+            mpb.UpdateMemberRoleRequest(
+                org=name, user_id=team.developer.user_id, role=mpb.ROLE_ADMIN
+            )
+        )
+        db.execute("DELETE FROM organization_members WHERE user_id = %s", [team.owner.user_id])
+        pair = (team.admin.user_id, team.developer.user_id)
+        demote = [
+            mpb.UpdateMemberRoleRequest(org=name, user_id=user_id, role=mpb.ROLE_VIEWER)
+            for user_id in pair
+        ]
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(admin.members.UpdateMemberRole, request) for request in demote]
+        codes = sorted(_code(f) for f in futures)
+        assert codes == ["FAILED_PRECONDITION", "OK"]
+        admins = db.execute(
+            "SELECT count(*) FROM organization_members m JOIN organizations o ON o.id = m.org_id"
+            " WHERE o.name = %s AND m.role = 'admin'",
+            [name],
+        ).fetchone()
+        assert admins == (1,)
+
+
+def test_admins_demoting_each_other_at_once_cannot_both_win(
+    users: Users, db: psycopg.Connection[Any]
+) -> None:
+    team = Org(users, "duel")
+    team.owner.members.UpdateMemberRole(
+        mpb.UpdateMemberRoleRequest(org="duel", user_id=team.developer.user_id, role=mpb.ROLE_ADMIN)
+    )
+    requests = [
+        (team.admin, team.developer.user_id),
+        (team.developer, team.admin.user_id),
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(
+                caller.members.UpdateMemberRole,
+                mpb.UpdateMemberRoleRequest(org="duel", user_id=target, role=mpb.ROLE_VIEWER),
+            )
+            for caller, target in requests
+        ]
+    codes = sorted(_code(f) for f in futures)
+    assert codes == ["OK", "PERMISSION_DENIED"]
+    roles = team.roles()
+    assert sorted([roles[team.admin.user_id], roles[team.developer.user_id]]) == [
+        mpb.ROLE_ADMIN,
+        mpb.ROLE_VIEWER,
+    ]
+
+
+def _code(future: Any) -> str:
+    try:
+        future.result()
+    except grpc.RpcError as exc:
+        return str(exc.code().name)
+    return "OK"
+
+
+@pytest.mark.parametrize(
+    ("user_id", "code"),
+    [
+        pytest.param("", grpc.StatusCode.INVALID_ARGUMENT, id="empty"),
+        pytest.param("not-a-uuid", grpc.StatusCode.INVALID_ARGUMENT, id="not-uuid"),
+        pytest.param(
+            "0b9d7a58-0b87-4b8e-9d1e-3f0c1c2a4b5d", grpc.StatusCode.NOT_FOUND, id="not-member"
+        ),
+    ],
+)
+def test_role_changes_need_a_member(team: Org, user_id: str, code: grpc.StatusCode) -> None:
+    for call in (
+        lambda: team.admin.members.UpdateMemberRole(
+            mpb.UpdateMemberRoleRequest(org=team.name, user_id=user_id, role=mpb.ROLE_VIEWER)
+        ),
+        lambda: team.admin.members.RemoveMember(
+            mpb.RemoveMemberRequest(org=team.name, user_id=user_id)
+        ),
+    ):
+        assert failure(call).code is code
+
+
+def test_list_members_pages(team: Org) -> None:
+    pages = all_pages(
+        lambda token: team.viewer.members.ListMembers(
+            mpb.ListMembersRequest(org=team.name, page_size=3, page_token=token)
+        ),
+        "members",
+    )
+    assert [len(p) for p in pages] == [3, 1]
+    assert len({m.user_id for p in pages for m in p}) == 4
+
+
+# --- the permission matrix ----------------------------------------------------------------
+
+WRITES = ["AddMember", "UpdateMemberRole", "RemoveMember", "CreateInvitation", "RevokeInvitation"]
+READS = ["ListMembers", "ListInvitations"]
+
+
+def matrix_request(team: Org, method: str, victim: Client) -> Any:
+    org = team.name
+    return {
+        "ListMembers": mpb.ListMembersRequest(org=org),
+        "ListInvitations": mpb.ListInvitationsRequest(org=org),
+        "AddMember": mpb.AddMemberRequest(org=org, user=victim.user_id, role=mpb.ROLE_VIEWER),
+        "UpdateMemberRole": mpb.UpdateMemberRoleRequest(
+            org=org, user_id=victim.user_id, role=mpb.ROLE_VIEWER
+        ),
+        "RemoveMember": mpb.RemoveMemberRequest(org=org, user_id=victim.user_id),
+        "CreateInvitation": mpb.CreateInvitationRequest(
+            org=org, email="new@example.com", role=mpb.ROLE_VIEWER
+        ),
+        "RevokeInvitation": mpb.RevokeInvitationRequest(
+            org=org, invitation_id="0b9d7a58-0b87-4b8e-9d1e-3f0c1c2a4b5d"
+        ),
+    }[method]
+
+
+@pytest.mark.parametrize("method", READS + WRITES)
+@pytest.mark.parametrize(
+    "caller", ["anonymous", "stranger", "viewer", "developer", "admin", "owner", "platform"]
+)
+def test_permission_matrix(
+    team: Org, users: Users, admin: Client, anonymous: Client, method: str, caller: str
+) -> None:
+    clients = {
+        "anonymous": anonymous,
+        "stranger": users.create("stranger"),
+        "viewer": team.viewer,
+        "developer": team.developer,
+        "admin": team.admin,
+        "owner": team.owner,
+        "platform": admin,
+    }
+    client = clients[caller]
+    # AddMember needs a non-member; the others act on the developer.
+    victim = users.create("victim") if method == "AddMember" else team.developer
+    call = lambda: getattr(client.members, method)(matrix_request(team, method, victim))  # noqa: E731
+    allowed = caller in ("admin", "owner", "platform") or (
+        method in READS and caller in ("viewer", "developer")
+    )
+    expected = {
+        "anonymous": grpc.StatusCode.UNAUTHENTICATED,
+        "stranger": grpc.StatusCode.NOT_FOUND,
+    }.get(caller, grpc.StatusCode.PERMISSION_DENIED)
+    if not allowed:
+        assert failure(call).code is expected
+    elif method == "RevokeInvitation":
+        assert failure(call).code is grpc.StatusCode.NOT_FOUND  # allowed, but no such invitation
+    else:
+        call()
+
+
+# --- invitations --------------------------------------------------------------------------
+
+
+def test_invitation_token_is_shown_once_and_stored_nowhere(
+    team: Org, db: psycopg.Connection[Any]
+) -> None:
+    created = invite(team.admin, team.name, "Erin@Example.com")
+    token = created.token
+    assert token.startswith("spkinv_") and not token.startswith("spoke_")
+    assert len(token) >= len("spkinv_") + 43
+    assert created.invitation.state == mpb.INVITATION_STATE_PENDING
+    assert created.invitation.invited_by == team.admin.user_id
+    week = created.invitation.expire_time.seconds - created.invitation.create_time.seconds
+    assert week == 7 * 24 * 3600
+    listing = team.viewer.members.ListInvitations(mpb.ListInvitationsRequest(org=team.name))
+    assert [i.email for i in listing.invitations] == ["Erin@Example.com"]
+    assert "token" not in mpb.Invitation.DESCRIPTOR.fields_by_name
+    assert token[len("spkinv_") :].encode() not in listing.SerializeToString()
+    everything = harness.database_text(db)
+    assert token not in everything and token[len("spkinv_") :] not in everything
+    assert hashlib.sha256(token.encode()).hexdigest() in everything
+
+
+def test_accepting_makes_a_member_in_one_go(
+    team: Org, users: Users, db: psycopg.Connection[Any]
+) -> None:
+    erin = users.create("erin")
+    token = invite(team.admin, team.name, erin.email.upper(), mpb.ROLE_DEVELOPER).token
+    member = accept(erin, token).member
+    assert (member.user_id, member.role, member.invited_by) == (
+        erin.user_id,
+        mpb.ROLE_DEVELOPER,
+        team.admin.user_id,
+    )
+    assert (
+        erin.orgs.GetOrganization(opb.GetOrganizationRequest(org=team.name)).organization.id
+        == team.id
+    )
+    states = team.viewer.members.ListInvitations(
+        mpb.ListInvitationsRequest(org=team.name)
+    ).invitations
+    assert [i.state for i in states] == [mpb.INVITATION_STATE_ACCEPTED]
+    # Accepted once: the same token again is a state error; the member stays.
+    again = failure(lambda: accept(erin, token))
+    assert again.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert again.detail(PreconditionFailure).violations[0].type == "INVITATION_ACCEPTED"
+
+
+def test_only_the_invited_email_may_accept(team: Org, users: Users) -> None:
+    erin, mallory = users.create("erin"), users.create("mallory")
+    token = invite(team.admin, team.name, erin.email).token
+    error = failure(lambda: accept(mallory, token))
+    assert error.code is grpc.StatusCode.PERMISSION_DENIED
+    assert mallory.user_id not in team.roles()
+    accept(erin, token)
+
+
+def test_inviting_a_member_is_already_exists(team: Org) -> None:
+    error = failure(lambda: invite(team.admin, team.name, team.viewer.email.upper()))
+    assert error.code is grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_accepting_after_joining_otherwise_is_already_exists(team: Org, users: Users) -> None:
+    erin = users.create("erin")
+    token = invite(team.admin, team.name, erin.email).token
+    users.join(team.id, erin, Role.VIEWER)
+    assert failure(lambda: accept(erin, token)).code is grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_one_pending_invitation_per_email_until_revoked_or_expired(
+    team: Org, users: Users, db: psycopg.Connection[Any]
+) -> None:
+    first = invite(team.admin, team.name, "frank@example.com")
+    duplicate = failure(lambda: invite(team.admin, team.name, "FRANK@example.com"))
+    assert duplicate.code is grpc.StatusCode.ALREADY_EXISTS
+    revoked = team.admin.members.RevokeInvitation(
+        mpb.RevokeInvitationRequest(org=team.name, invitation_id=first.invitation.id)
+    ).invitation
+    assert revoked.state == mpb.INVITATION_STATE_REVOKED
+    # Revoking again is harmless.
+    again = team.admin.members.RevokeInvitation(
+        mpb.RevokeInvitationRequest(org=team.name, invitation_id=first.invitation.id)
+    ).invitation
+    assert again.state == mpb.INVITATION_STATE_REVOKED
+
+    second = invite(team.admin, team.name, "frank@example.com")
+    db.execute(
+        "UPDATE org_invitations SET created_at = now() - interval '8 days',"
+        " expires_at = now() - interval '1 day' WHERE id = %s",
+        [second.invitation.id],
+    )
+    states = {
+        i.id: i.state
+        for i in team.viewer.members.ListInvitations(
+            mpb.ListInvitationsRequest(org=team.name)
+        ).invitations
+    }
+    assert states == {
+        first.invitation.id: mpb.INVITATION_STATE_REVOKED,
+        second.invitation.id: mpb.INVITATION_STATE_EXPIRED,
+    }
+    third = invite(team.admin, team.name, "frank@example.com")
+    assert third.invitation.state == mpb.INVITATION_STATE_PENDING
+
+
+def test_expired_and_revoked_invitations_cannot_be_accepted(
+    team: Org, users: Users, db: psycopg.Connection[Any]
+) -> None:
+    gina = users.create("gina")
+    expired = invite(team.admin, team.name, gina.email)
+    db.execute(
+        "UPDATE org_invitations SET created_at = now() - interval '8 days',"
+        " expires_at = now() - interval '1 second' WHERE id = %s",
+        [expired.invitation.id],
+    )
+    error = failure(lambda: accept(gina, expired.token))
+    assert error.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert error.detail(PreconditionFailure).violations[0].type == "INVITATION_EXPIRED"
+    revoked = invite(team.admin, team.name, gina.email)
+    team.admin.members.RevokeInvitation(
+        mpb.RevokeInvitationRequest(org=team.name, invitation_id=revoked.invitation.id)
+    )
+    error = failure(lambda: accept(gina, revoked.token))
+    assert error.detail(PreconditionFailure).violations[0].type == "INVITATION_REVOKED"
+    assert gina.user_id not in team.roles()
+
+
+def test_revoke_is_scoped_to_its_org(team: Org, users: Users) -> None:
+    other = Org(users, "other-team")
+    theirs = invite(other.admin, other.name, "hal@example.com")
+    error = failure(
+        lambda: team.admin.members.RevokeInvitation(
+            mpb.RevokeInvitationRequest(org=team.name, invitation_id=theirs.invitation.id)
+        )
+    )
+    assert error.code is grpc.StatusCode.NOT_FOUND
+    listed = other.admin.members.ListInvitations(
+        mpb.ListInvitationsRequest(org=other.name)
+    ).invitations
+    assert [i.state for i in listed] == [mpb.INVITATION_STATE_PENDING]
+
+
+def test_tokens_cannot_stand_in_for_each_other(team: Org, users: Users) -> None:
+    ivan = users.create("ivan")
+    token = invite(team.admin, team.name, ivan.email).token
+    assert failure(
+        lambda: Client(team.admin.channel, token).users.GetCurrentUser(
+            user_pb2.GetCurrentUserRequest()
+        )
+    ).code is (grpc.StatusCode.UNAUTHENTICATED)
+    api_token = ivan.token or ""
+    for bad in (api_token, "spkinv_" + "A" * 43, "x" * 500):
+        assert failure(lambda: accept(ivan, bad)).code is grpc.StatusCode.NOT_FOUND  # noqa: B023
+    assert failure(lambda: accept(ivan, "")).code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_anonymous_callers_cannot_accept(team: Org, anonymous: Client) -> None:
+    token = invite(team.admin, team.name, "jo@example.com").token
+    assert failure(lambda: accept(anonymous, token)).code is grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("email", "role", "field"),
+    [
+        pytest.param("", mpb.ROLE_VIEWER, "email", id="no-email"),
+        pytest.param("not-an-email", mpb.ROLE_VIEWER, "email", id="bad-email"),
+        pytest.param("k@example.com", mpb.ROLE_UNSPECIFIED, "role", id="no-role"),
+    ],
+)
+def test_create_invitation_validates(team: Org, email: str, role: int, field: str) -> None:
+    error = failure(lambda: invite(team.admin, team.name, email, role))
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert set(error.field_violations) == {field}
+
+
+# --- ownership ----------------------------------------------------------------------------
+
+
+def transfer(client: Client, org: str, user_id: str) -> opb.Organization:
+    response = client.orgs.TransferOwnership(opb.TransferOwnershipRequest(org=org, user_id=user_id))
+    organization: opb.Organization = response.organization
+    return organization
+
+
+def test_transfer_ownership_hands_over_delete_rights(
+    team: Org, db: psycopg.Connection[Any]
+) -> None:
+    org = transfer(team.owner, team.name, team.viewer.user_id)
+    assert org.owner_id == team.viewer.user_id
+    roles = team.roles()
+    assert roles[team.viewer.user_id] == mpb.ROLE_ADMIN
+    assert roles[team.owner.user_id] == mpb.ROLE_ADMIN  # the previous owner stays an admin
+    old = failure(
+        lambda: team.owner.orgs.DeleteOrganization(opb.DeleteOrganizationRequest(org=team.name))
+    )
+    assert old.code is grpc.StatusCode.PERMISSION_DENIED
+    # The new owner cannot be demoted; the old one now can.
+    team.viewer.members.UpdateMemberRole(
+        mpb.UpdateMemberRoleRequest(org=team.name, user_id=team.owner.user_id, role=mpb.ROLE_VIEWER)
+    )
+    team.viewer.orgs.DeleteOrganization(opb.DeleteOrganizationRequest(org=team.name))
+    assert db.execute("SELECT count(*) FROM organizations WHERE id = %s", [team.id]).fetchone() == (
+        0,
+    )
+    assert db.execute(
+        "SELECT target FROM audit_events WHERE method LIKE %s", ["%TransferOwnership"]
+    ).fetchall() == [(f"organizations/team/owner/{team.viewer.user_id}",)]
+
+
+def test_transfer_rules(team: Org, users: Users, admin: Client) -> None:
+    stranger = users.create("stranger")
+    error = failure(lambda: transfer(team.owner, team.name, stranger.user_id))
+    assert error.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert error.detail(PreconditionFailure).violations[0].type == "NOT_A_MEMBER"
+    assert transfer(team.owner, team.name, team.owner.user_id).owner_id == team.owner.user_id
+    denied = failure(lambda: transfer(team.admin, team.name, team.admin.user_id))
+    assert denied.code is grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        failure(lambda: transfer(team.owner, team.name, "nope")).code
+        is grpc.StatusCode.INVALID_ARGUMENT
+    )
+    # A platform admin may hand any org over.
+    assert transfer(admin, team.name, team.developer.user_id).owner_id == team.developer.user_id
