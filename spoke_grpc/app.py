@@ -1,4 +1,5 @@
-"""What the servicers share: settings, the connection pool and the page-token signer."""
+"""What the servicers share: settings, the connection pool, the page-token signer, the
+proto compiler's worker pool and the usage buffer."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
+from spoke_grpc.compiler import Compiler
 from spoke_grpc.config import Settings
 from spoke_grpc.pagination import PageTokens
+from spoke_grpc.usage import UsageBuffer
 
 
 @dataclass(frozen=True)
@@ -15,3 +18,5 @@ class App:
     settings: Settings
     pool: AsyncConnectionPool
     pages: PageTokens
+    compiler: Compiler
+    usage: UsageBuffer

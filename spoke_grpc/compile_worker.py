@@ -9,10 +9,12 @@ down; the worker stays healthy and removes the directory whatever happened.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import signal
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +25,8 @@ from grpc_tools import protoc
 WELL_KNOWN_TYPES = str(resources.files("grpc_tools") / "_proto")
 _MAX_OUTPUT_BYTES = 512 * 2**20
 _MAX_STDERR_BYTES = 64 * 1024
+# protoc runs per compile, at most: each round after a failure sets the failed files aside.
+_MAX_ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,12 @@ class ProtocOutcome:
 
 
 def run_protoc(job: ProtocJob) -> ProtocOutcome:
-    """Runs one compile in a forked child; called in a pool worker."""
+    """Runs one compile in forked children; called in a pool worker.
+
+    protoc stops at the first input file with errors, so after a failure the files it
+    named are set aside and the others compiled again (a few rounds, within the one time
+    limit): one push reports the errors of several files.
+    """
     with tempfile.TemporaryDirectory(prefix="spoke-compile-") as tmp:
         root = Path(tmp) / "src"
         for path, content in job.files:
@@ -55,27 +64,60 @@ def run_protoc(job: ProtocJob) -> ProtocOutcome:
             target.write_text(content, encoding="utf-8")
         output = Path(tmp) / "descriptors.pb"
         errors = Path(tmp) / "stderr.txt"
-        args = [
-            "protoc",
-            "--proto_path=.",
-            f"--proto_path={WELL_KNOWN_TYPES}",
-            f"--descriptor_set_out={output}",
-            "--include_imports",
-            *job.inputs,
-        ]
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            _child(root, errors, args, job.time_limit_seconds)
-        _, status = os.waitpid(pid, 0)
-        stderr = errors.read_bytes()[:_MAX_STDERR_BYTES].decode("utf-8", "replace")
-        if os.WIFSIGNALED(status):
-            timed_out = os.WTERMSIG(status) in (signal.SIGALRM, signal.SIGXCPU, signal.SIGKILL)
-            return ProtocOutcome(exit_code=None, timed_out=timed_out, stderr=stderr)
-        code = os.WEXITSTATUS(status)
-        descriptors = output.read_bytes() if job.descriptor_set and code == 0 else b""
-        return ProtocOutcome(
-            exit_code=code, timed_out=False, stderr=stderr, descriptor_set=descriptors
-        )
+        deadline = time.monotonic() + job.time_limit_seconds
+        inputs = list(job.inputs)
+        reports: list[str] = []
+        first_failure: int | None = None
+        for _ in range(_MAX_ROUNDS):
+            remaining = math.ceil(deadline - time.monotonic())
+            if remaining <= 0:
+                break
+            args = [
+                "protoc",
+                "--proto_path=.",
+                f"--proto_path={WELL_KNOWN_TYPES}",
+                f"--descriptor_set_out={output}",
+                "--include_imports",
+                *inputs,
+            ]
+            status = _fork_protoc(root, errors, args, remaining)
+            report = errors.read_bytes()[:_MAX_STDERR_BYTES].decode("utf-8", "replace")
+            reports.append(report)
+            if os.WIFSIGNALED(status):
+                if first_failure is not None:
+                    break  # report what the earlier rounds found
+                signal_number = os.WTERMSIG(status)
+                return ProtocOutcome(
+                    exit_code=None,
+                    timed_out=signal_number in (signal.SIGALRM, signal.SIGXCPU, signal.SIGKILL),
+                    stderr=report,
+                )
+            code = os.WEXITSTATUS(status)
+            if code == 0:
+                if first_failure is None:
+                    descriptors = output.read_bytes() if job.descriptor_set else b""
+                    return ProtocOutcome(
+                        exit_code=0, timed_out=False, stderr=report, descriptor_set=descriptors
+                    )
+                break
+            first_failure = code if first_failure is None else first_failure
+            lines = report.splitlines()
+            failed = {p for p in inputs if any(line.startswith(f"{p}:") for line in lines)}
+            if not failed or failed == set(inputs):
+                break
+            inputs = [p for p in inputs if p not in failed]
+        if first_failure is None:  # the time ran out before protoc could finish once
+            return ProtocOutcome(exit_code=None, timed_out=True, stderr="")
+        return ProtocOutcome(exit_code=first_failure, timed_out=False, stderr="".join(reports))
+
+
+def _fork_protoc(root: Path, errors: Path, args: list[str], time_limit: int) -> int:
+    """Runs protoc in a forked child; returns its wait status."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        _child(root, errors, args, time_limit)
+    _, status = os.waitpid(pid, 0)
+    return status
 
 
 def _child(root: Path, errors: Path, args: list[str], time_limit: int) -> None:

@@ -47,6 +47,7 @@ class Settings:
     bootstrap_token_file: Path | None = None
     log_level: str = "INFO"
     statement_timeout_seconds: float = 30.0
+    compile_workers: int = 2
     invitation_ttl_hours: float = 168.0
     smtp_url: str | None = None
     email_from: str = "spoke@localhost"
@@ -112,6 +113,9 @@ class Settings:
             log_level=(env.get("SPOKE_LOG_LEVEL") or defaults.log_level).upper(),
             statement_timeout_seconds=number(
                 "SPOKE_STATEMENT_TIMEOUT", defaults.statement_timeout_seconds, minimum=0.1
+            ),
+            compile_workers=int(
+                number("SPOKE_COMPILE_WORKERS", defaults.compile_workers, minimum=1)
             ),
             invitation_ttl_hours=number(
                 "SPOKE_INVITATION_TTL_HOURS", defaults.invitation_ttl_hours, minimum=0.001

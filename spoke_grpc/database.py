@@ -67,6 +67,15 @@ class UnitOfWork:
     conn: AsyncConnection
     writes: bool
     rollback_hooks: list[RollbackHook] = field(default_factory=list)
+    # Shared by every attempt of the call: what must happen once per call, not per retry.
+    done_once: set[str] = field(default_factory=set)
+
+    def first_time(self, what: str) -> bool:
+        """True the first time ``what`` is asked about in this call, across retries."""
+        if what in self.done_once:
+            return False
+        self.done_once.add(what)
+        return True
 
     def on_rollback(self, hook: RollbackHook) -> None:
         self.rollback_hooks.append(hook)

@@ -22,15 +22,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from spoke.v1 import (
     member_pb2_grpc,
-    module_pb2,
     module_pb2_grpc,
     organization_pb2_grpc,
-    quota_pb2,
     quota_pb2_grpc,
     user_pb2_grpc,
 )
 
 from spoke_grpc.app import App
+from spoke_grpc.compiler import Compiler
 from spoke_grpc.config import ConfigError, Settings
 from spoke_grpc.database import create_pool, session_options
 from spoke_grpc.health import DatabaseHealth
@@ -38,16 +37,20 @@ from spoke_grpc.interceptors.audit import AuditInterceptor
 from spoke_grpc.interceptors.auth import AuthInterceptor
 from spoke_grpc.interceptors.errors import ErrorsInterceptor
 from spoke_grpc.interceptors.org_context import OrgContextInterceptor
+from spoke_grpc.interceptors.quota import QuotaInterceptor
 from spoke_grpc.interceptors.request_check import RequestCheckInterceptor
 from spoke_grpc.interceptors.unit_of_work import UnitOfWorkInterceptor
+from spoke_grpc.interceptors.usage import UsageInterceptor
 from spoke_grpc.mailer import InvitationMailer
 from spoke_grpc.pagination import PageTokens, load_key
 from spoke_grpc.policy import POLICIES, services, unenforceable
 from spoke_grpc.reflection import enable_reflection
 from spoke_grpc.servicers.members import MemberServicer
+from spoke_grpc.servicers.modules import ModuleServicer
 from spoke_grpc.servicers.organizations import OrganizationServicer
-from spoke_grpc.servicers.unimplemented import unimplemented_servicer
+from spoke_grpc.servicers.quotas import QuotaServicer
 from spoke_grpc.servicers.users import UserServicer
+from spoke_grpc.usage import Clock, UsageBuffer, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class SpokeServer:
     settings: Settings
     database_url: str
     reuse_port: bool = False
+    clock: Clock = utc_now
 
     def __post_init__(self) -> None:
         self.pool = create_pool(self.database_url, self.settings)
@@ -69,8 +73,12 @@ class SpokeServer:
             [s.full_name for s in services()],
             self.settings.health_check_interval_seconds,
         )
+        self.usage = UsageBuffer(
+            self.pool, self.settings.usage_flush_interval_seconds, clock=self.clock
+        )
         self._server: aio.Server | None = None
         self.port = 0
+        self.compiler = Compiler(self.settings.compile_workers)
         # Made here so that a bad SMTP URL fails before anything starts.
         self.mailer = (
             InvitationMailer(self.settings, self.database_url) if self.settings.smtp_url else None
@@ -90,7 +98,8 @@ class SpokeServer:
             options=session_options(self.settings),
         ) as conn:
             pages = PageTokens(await load_key(conn))
-        self.app = App(self.settings, self.pool, pages)
+        self.compiler.start()
+        self.app = App(self.settings, self.pool, pages, self.compiler, self.usage)
         await self.pool.open(wait=True, timeout=self.settings.pool_timeout_seconds)
         server = aio.server(
             interceptors=[
@@ -100,6 +109,8 @@ class SpokeServer:
                 AuditInterceptor(),
                 AuthInterceptor(),
                 OrgContextInterceptor(),
+                UsageInterceptor(self.usage),
+                QuotaInterceptor(self.usage),
             ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -113,6 +124,7 @@ class SpokeServer:
             self.port = server.add_insecure_port(address)
         except RuntimeError:
             await self.pool.close()
+            await self.compiler.stop()
             raise ConfigError(
                 f"cannot listen on {address}: the address is in use or not available here"
                 " (is another server running?); choose another with --listen or SPOKE_LISTEN"
@@ -121,6 +133,7 @@ class SpokeServer:
         self._server = server
         await self.health.set_serving(await self.health.probe())
         self.health.start()
+        self.usage.start()
         if self.mailer is not None:
             self.mailer.start()
         else:
@@ -137,14 +150,8 @@ class SpokeServer:
             OrganizationServicer(self.app), server
         )
         member_pb2_grpc.add_MemberServiceServicer_to_server(MemberServicer(self.app), server)
-        for pb2, grpc_module, name in (
-            (quota_pb2, quota_pb2_grpc, "QuotaService"),
-            (module_pb2, module_pb2_grpc, "ModuleService"),
-        ):
-            servicer = unimplemented_servicer(
-                getattr(grpc_module, f"{name}Servicer"), pb2.DESCRIPTOR.services_by_name[name]
-            )
-            getattr(grpc_module, f"add_{name}Servicer_to_server")(servicer, server)
+        module_pb2_grpc.add_ModuleServiceServicer_to_server(ModuleServicer(self.app), server)
+        quota_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaServicer(self.app), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         health = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection([*(s.full_name for s in services()), health], server)
@@ -156,7 +163,9 @@ class SpokeServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        await self.usage.stop()  # after the drain: the last calls' counts are written too
         if self.mailer is not None:
             await self.mailer.stop()
+        await self.compiler.stop()
         await self.pool.close()
         log.info("stopped")

@@ -26,6 +26,15 @@ class QuotaLimits:
     max_api_requests_per_hour: int | None
 
 
+# QuotaLimits' fields, which are also org_quotas' columns.
+LIMIT_COLUMNS: tuple[str, ...] = (
+    "max_modules",
+    "max_versions_per_module",
+    "max_storage_bytes",
+    "max_compile_jobs_per_month",
+    "max_api_requests_per_hour",
+)
+
 TIER_LIMITS: dict[QuotaTier, QuotaLimits] = {
     QuotaTier.SMALL: QuotaLimits(10, 100, 5 * GIB, 5_000, 5_000),
     QuotaTier.MEDIUM: QuotaLimits(50, 500, 25 * GIB, 25_000, 25_000),

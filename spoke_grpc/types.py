@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from spoke_grpc.tiers import QuotaTier
+from spoke_grpc.tiers import QuotaLimits, QuotaTier
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -134,6 +134,7 @@ class OrgContext:
     role: Role | None
     is_owner: bool = False
     has_public_modules: bool = False
+    limits: QuotaLimits | None = None  # read with the org; None where it was not read
 
     @property
     def id(self) -> uuid.UUID:

@@ -61,8 +61,9 @@ class UnitOfWorkInterceptor(PolicyInterceptor):
     ) -> Any:
         async with self._pool.connection() as conn:
             attempt = 1
+            done_once: set[str] = set()
             while True:
-                unit = UnitOfWork(conn, writes=not policy.read_only)
+                unit = UnitOfWork(conn, writes=not policy.read_only, done_once=done_once)
                 set_call(CallContext(policy=policy, unit=unit))
                 try:
                     if not unit.writes:

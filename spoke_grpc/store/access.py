@@ -14,6 +14,7 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 
+from spoke_grpc.tiers import LIMIT_COLUMNS, QuotaLimits
 from spoke_grpc.types import Organization, OrgContext, OrgRef, Principal, Role, User
 
 
@@ -64,16 +65,20 @@ def _query(org_by: str | None, lock: bool, public: bool) -> sql.Composed:
         else sql.SQL("false")
     )
     return sql.SQL(
-        "SELECT c.*, o.*, m.role, {public_check} AS has_public_modules"
+        "SELECT c.*, o.*, m.role, {public_check} AS has_public_modules, {limit_columns}"
         " FROM (SELECT 1) AS one {caller}"
         " LEFT JOIN LATERAL (SELECT {org_columns} FROM organizations o"
         " WHERE o.{org_by} = %(org)s{lock}) AS o ON true"
+        " LEFT JOIN org_quotas q ON q.org_id = o.o_id"
         " LEFT JOIN LATERAL (SELECT m.role FROM organization_members m"
         " WHERE m.org_id = o.o_id AND m.user_id = c.u_id{lock}) AS m ON true"
     ).format(
         public_check=public_check,
         caller=caller,
         org_columns=org_columns,
+        limit_columns=sql.SQL(", ").join(
+            sql.SQL("q.{}").format(sql.Identifier(c)) for c in LIMIT_COLUMNS
+        ),
         org_by=sql.Identifier(org_by),
         lock=lock_clause,
     )
@@ -110,5 +115,6 @@ async def resolve(
             role=role,
             is_owner=is_owner,
             has_public_modules=bool(values["has_public_modules"]),
+            limits=QuotaLimits(**{c: values[c] for c in LIMIT_COLUMNS}),
         )
     return Resolved(principal=principal, org=context)

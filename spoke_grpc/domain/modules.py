@@ -1,0 +1,592 @@
+"""Modules and their versions: create, read, update by mask, delete, push.
+
+Visibility (SPEC §3): a ``public_only`` reader (neither a member nor a platform admin) sees
+public modules and nothing else, and a private module raises exactly the NotFound of a
+missing one. A module may be changed by its creator (a developer), an organization admin or
+owner, or a platform admin. A pushed version is validated (semantic version, files,
+dependencies), compiled together with its dependencies' files, transitively, then stored
+with its digest; every change writes its audit event in the call's transaction.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from psycopg import AsyncConnection
+
+from spoke_grpc.compiler import Compiler, DependencyFiles, SourceFile
+from spoke_grpc.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    PreconditionViolation,
+)
+from spoke_grpc.store import audit
+from spoke_grpc.store import modules as store
+from spoke_grpc.store import versions as version_store
+from spoke_grpc.store.modules import Module, ModuleRef
+from spoke_grpc.store.versions import Edge, File, NewFile, Requested, Resolved, Version
+from spoke_grpc.types import OrgContext, Principal, Role
+from spoke_grpc.validation import MAX_DESCRIPTION, Violations, parse_uuid
+
+MAX_FILES = 200
+MAX_FILE_BYTES = 2**20
+MAX_VERSION_BYTES = 8 * 2**20
+MAX_PATH = 512
+MAX_DEPENDENCIES = 50
+# What a push may bring in through its dependencies, transitively.
+MAX_CLOSURE_VERSIONS = 500
+MAX_CLOSURE_BYTES = 64 * 2**20
+MAX_VERSION = 128
+MAX_MODULE_REF = 64
+MAX_QUERY = 200
+MAX_REPOSITORY = 500
+MAX_BRANCH = 255
+# Dependents named in the error that refuses a delete.
+NAMED_DEPENDENTS = 5
+
+_NUMBER = r"(?:0|[1-9][0-9]*)"
+_PRERELEASE_PART = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
+SEMVER_RE = re.compile(
+    rf"v?{_NUMBER}\.{_NUMBER}\.{_NUMBER}"
+    rf"(?:-{_PRERELEASE_PART}(?:\.{_PRERELEASE_PART})*)?"
+    r"(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?"
+)
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_COMMIT_RE = re.compile(r"[0-9a-fA-F]{7,64}")
+_RESERVED_PREFIX = "google/protobuf/"
+_SEMVER_HINT = "must be a semantic version such as v1.2.3, 1.2.3-rc.1 or 1.2.3+build.7"
+
+
+class BreakingChangePolicy(enum.StrEnum):
+    """Stored as these strings; the proto enum is ``BREAKING_CHANGE_POLICY_<NAME>``."""
+
+    ALLOW = "allow"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True)
+class NewModule:
+    name: str
+    description: str = ""
+    is_public: bool = False
+    breaking_change_policy: BreakingChangePolicy = BreakingChangePolicy.ALLOW
+
+
+@dataclass(frozen=True)
+class ModuleUpdate:
+    """New values for exactly the listed fields; a field not present is never touched."""
+
+    description: str | None = None
+    is_public: bool | None = None
+    breaking_change_policy: BreakingChangePolicy | None = None
+
+    def changes(self) -> dict[str, object]:
+        values: dict[str, object | None] = {
+            "description": self.description,
+            "is_public": self.is_public,
+            "breaking_change_policy": (
+                self.breaking_change_policy.value if self.breaking_change_policy else None
+            ),
+        }
+        return {column: value for column, value in values.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class DependencyRef:
+    org: str
+    module: str
+    version: str
+
+
+@dataclass(frozen=True)
+class Source:
+    repository: str = ""
+    commit_sha: str = ""
+    branch: str = ""
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    version: str
+    files: Sequence[SourceFile]
+    dependencies: Sequence[DependencyRef] = ()
+    source: Source = field(default_factory=Source)
+
+
+@dataclass(frozen=True)
+class VersionView:
+    """A version with its module, its files (contents only where asked for) and its edges."""
+
+    module: Module
+    version: Version
+    files: Sequence[File]
+    dependencies: Sequence[Edge]
+
+
+# --- Modules ---------------------------------------------------------------------------------
+
+
+def parse_module_ref(value: str, field_name: str = "module") -> ModuleRef:
+    """The request's ``module``: an id or a name. Too long to be either: NOT_FOUND."""
+    if not value:
+        raise InvalidArgument.field(field_name, "required: the module's id or name")
+    if len(value) > MAX_MODULE_REF:
+        raise NotFound("module", value[:MAX_MODULE_REF] + "…")
+    module_id = parse_uuid(value)
+    return ModuleRef(id=module_id) if module_id is not None else ModuleRef(name=value)
+
+
+async def create_module(
+    conn: AsyncConnection, org: OrgContext, new: NewModule, *, principal: Principal, method: str
+) -> Module:
+    violations = Violations()
+    violations.slug("name", new.name, kind="module")
+    violations.text("description", new.description, max_length=MAX_DESCRIPTION)
+    violations.raise_if_any()
+    module = await store.insert_module(
+        conn,
+        org_id=org.id,
+        name=new.name,
+        description=new.description,
+        is_public=new.is_public,
+        breaking_change_policy=new.breaking_change_policy.value,
+        created_by=principal.user_id,
+    )
+    await _audit(conn, method, principal, org, _target(org, module))
+    return module
+
+
+async def get_module(
+    conn: AsyncConnection, org: OrgContext, ref: str, *, public_only: bool, lock: bool = False
+) -> Module:
+    """The module; NOT_FOUND, with one message, when it is missing or hidden from the reader."""
+    parsed = parse_module_ref(ref)
+    module = await store.get_module(conn, org.id, parsed, public_only=public_only, lock=lock)
+    if module is None:
+        raise NotFound("module", ref)
+    return module
+
+
+async def update_module(
+    conn: AsyncConnection,
+    org: OrgContext,
+    ref: str,
+    update: ModuleUpdate,
+    *,
+    principal: Principal,
+    method: str,
+) -> Module:
+    violations = Violations()
+    if update.description is not None:
+        violations.text("update.description", update.description, max_length=MAX_DESCRIPTION)
+    violations.raise_if_any()
+    module = await get_module(conn, org, ref, public_only=False, lock=True)
+    _check_may_change(org, principal, module, "UpdateModule")
+    changes = update.changes()
+    row = await store.update_module(conn, org.id, module.id, changes)
+    if row is None:
+        raise NotFound("module", ref)
+    await _audit(
+        conn, method, principal, org, f"{_target(org, module)}:{','.join(sorted(changes))}"
+    )
+    return row
+
+
+async def delete_module(
+    conn: AsyncConnection,
+    org: OrgContext,
+    ref: str,
+    *,
+    force: bool,
+    principal: Principal,
+    method: str,
+) -> None:
+    """Deletes the module with its versions. Refused while versions of other modules depend
+    on its versions, unless an admin forces it (the dependents then show them ``deleted``)."""
+    # FOR UPDATE: a push that depends on this module (FOR SHARE) either commits first, and
+    # its edge is seen below, or waits and then finds the module gone.
+    module = await get_module(conn, org, ref, public_only=False, lock=True)
+    _check_may_change(org, principal, module, "DeleteModule")
+    found = await store.dependents(
+        conn,
+        org.id,
+        module.id,
+        caller_id=principal.user_id,
+        caller_is_admin=principal.is_admin,
+        limit=NAMED_DEPENDENTS,
+    )
+    if found and not force:
+        raise FailedPrecondition(
+            PreconditionViolation(
+                type="MODULE_HAS_DEPENDENTS",
+                subject=_target(org, module),
+                description=_dependents_text(module, found)
+                + "; delete those versions' modules first, or have an admin pass force=true",
+            )
+        )
+    if found and not _is_admin(org, principal):
+        raise PermissionDenied(
+            f"deleting module {module.name!r} while other modules depend on it (force) needs"
+            f" the admin role in organization {org.name!r}"
+        )
+    versions = await store.delete_module(conn, org.id, module.id)
+    note = f" (force, {found[0].total} dependents)" if found else ""
+    await _audit(
+        conn, method, principal, org, f"{_target(org, module)} ({versions} versions){note}"
+    )
+
+
+def _dependents_text(module: Module, found: Sequence[store.Dependent]) -> str:
+    total, hidden = found[0].total, found[0].hidden
+    named = [
+        f"{d.org_name}/{d.module_name}@{d.version} (on {d.dependency_version})"
+        for d in found
+        if d.visible
+    ]
+    unnamed_visible = total - hidden - len(named)
+    parts = ", ".join(named)
+    if unnamed_visible:
+        parts += f" and {unnamed_visible} more"
+    if hidden:
+        parts += (", " if named else "") + f"{hidden} in organizations you cannot see"
+    return f"module {module.name!r} has {total} dependent version(s): {parts}"
+
+
+def _is_admin(org: OrgContext, principal: Principal) -> bool:
+    return principal.is_admin or org.role is Role.ADMIN
+
+
+def _check_may_change(org: OrgContext, principal: Principal, module: Module, method: str) -> None:
+    if _is_admin(org, principal) or module.created_by == principal.user_id:
+        return
+    role = org.role.value if org.role else "none"
+    raise PermissionDenied(
+        f"{method} needs the admin role in organization {org.name!r} or to be the module's"
+        f" creator; your role is {role}"
+    )
+
+
+# --- Versions --------------------------------------------------------------------------------
+
+
+def digest(files: Iterable[tuple[str, str]]) -> str:
+    """SHA-256 (hex) of ``(path, content)`` pairs in the canonical encoding documented on
+    ``Version.digest``: by path bytes, each as length-prefixed path and content bytes."""
+    hasher = hashlib.sha256()
+    for path, content in sorted((p.encode(), c.encode()) for p, c in files):
+        for part in (path, content):
+            hasher.update(len(part).to_bytes(8, "big"))
+            hasher.update(part)
+    return hasher.hexdigest()
+
+
+def path_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a file path of a version; None when it can."""
+    if not path:
+        return "required"
+    if len(path) > MAX_PATH:
+        return f"must be at most {MAX_PATH} characters, got {len(path)}"
+    if path.startswith("/"):
+        return "must be relative (no leading '/')"
+    if "\\" in path:
+        return "must not contain a backslash; separate directories with '/'"
+    segments = path.split("/")
+    if ".." in segments:
+        return "must not contain '..' segments"
+    if "" in segments:
+        return "must not contain empty segments ('//' or a trailing '/')"
+    if "." in segments:
+        return "must not contain '.' segments"
+    if not path.endswith(".proto"):
+        return "must end in .proto"
+    if not all(_SEGMENT_RE.fullmatch(segment) for segment in segments):
+        return (
+            "segments may contain only ASCII letters, digits, '_', '-' and '.', and must start"
+            " with a letter, a digit or '_'"
+        )
+    if path.startswith(_RESERVED_PREFIX):
+        return f"{_RESERVED_PREFIX} is reserved for the well-known types the server provides"
+    return None
+
+
+def version_problem(version: str) -> str | None:
+    if not version:
+        return "required"
+    if len(version) > MAX_VERSION:
+        return f"must be at most {MAX_VERSION} characters, got {len(version)}"
+    if not SEMVER_RE.fullmatch(version):
+        return _SEMVER_HINT
+    return None
+
+
+def _check_files(violations: Violations, files: Sequence[SourceFile]) -> None:
+    if not files:
+        violations.add("files", "required: at least one .proto file")
+        return
+    if len(files) > MAX_FILES:
+        violations.add("files", f"must be at most {MAX_FILES} files, got {len(files)}")
+        return
+    seen: dict[str, int] = {}
+    total = 0
+    for i, file in enumerate(files):
+        problem = path_problem(file.path)
+        if problem:
+            violations.add(f"files[{i}].path", problem)
+        elif file.path in seen:
+            violations.add(f"files[{i}].path", f"duplicates files[{seen[file.path]}].path")
+        else:
+            seen[file.path] = i
+        size = len(file.content.encode())
+        total += size
+        if not file.content.strip():
+            violations.add(f"files[{i}].content", "required: the file's text (it is empty)")
+        elif size > MAX_FILE_BYTES:
+            violations.add(
+                f"files[{i}].content",
+                f"must be at most 1 MiB ({MAX_FILE_BYTES} bytes), got {size} bytes",
+            )
+    for path, i in seen.items():
+        parts = path.split("/")
+        for end in range(1, len(parts)):
+            directory = "/".join(parts[:end])
+            if directory in seen:
+                violations.add(
+                    f"files[{seen[directory]}].path",
+                    f"{directory!r} is also a directory of files[{i}].path",
+                )
+    if total > MAX_VERSION_BYTES:
+        violations.add(
+            "files",
+            f"must total at most 8 MiB ({MAX_VERSION_BYTES} bytes), got {total} bytes",
+        )
+
+
+def _check_dependencies(violations: Violations, dependencies: Sequence[DependencyRef]) -> None:
+    if len(dependencies) > MAX_DEPENDENCIES:
+        violations.add(
+            "dependencies", f"must be at most {MAX_DEPENDENCIES}, got {len(dependencies)}"
+        )
+        return
+    for i, dependency in enumerate(dependencies):
+        if not dependency.org:
+            violations.add(f"dependencies[{i}].org", "required: the organization's id or name")
+        if not dependency.module:
+            violations.add(f"dependencies[{i}].module", "required: the module's id or name")
+        if problem := version_problem(dependency.version):
+            violations.add(f"dependencies[{i}].version", problem)
+
+
+def _check_source(violations: Violations, source: Source) -> None:
+    violations.text(
+        "source.repository", source.repository, max_length=MAX_REPOSITORY, multiline=False
+    )
+    if source.commit_sha and not _COMMIT_RE.fullmatch(source.commit_sha):
+        violations.add("source.commit_sha", "must be 7 to 64 hexadecimal digits")
+    violations.text("source.branch", source.branch, max_length=MAX_BRANCH, multiline=False)
+
+
+async def create_version(
+    conn: AsyncConnection,
+    org: OrgContext,
+    module_ref: str,
+    new: NewVersion,
+    *,
+    principal: Principal,
+    compiler: Compiler,
+    method: str,
+) -> VersionView:
+    violations = Violations()
+    if problem := version_problem(new.version):
+        violations.add("version", problem)
+    _check_files(violations, new.files)
+    _check_dependencies(violations, new.dependencies)
+    _check_source(violations, new.source)
+    violations.raise_if_any()
+    module = await get_module(conn, org, module_ref, public_only=False)
+    label = f"{module.name}@{new.version}"
+    # Cheap early answer for the common duplicate; the UNIQUE constraint decides races.
+    key = version_store.version_key(new.version)
+    if await version_store.exists(conn, org.id, module.id, key):
+        raise AlreadyExists("version", label)
+    resolved = await _resolve_dependencies(conn, org, module, new.dependencies)
+    dependency_files = await _dependency_files(conn, resolved)
+    problems = await compiler.check(new.files, dependency_files)
+    if problems:
+        raise InvalidArgument(problems)
+    files = [NewFile(f.path, f.content, len(f.content.encode())) for f in new.files]
+    row = await version_store.insert_version(
+        conn,
+        org_id=org.id,
+        module_id=module.id,
+        module_name=module.name,
+        version=new.version,
+        files=files,
+        dependencies=resolved,
+        digest=digest((f.path, f.content) for f in new.files),
+        source=(new.source.repository, new.source.commit_sha.lower(), new.source.branch),
+        created_by=principal.user_id,
+    )
+    await _audit(conn, method, principal, org, f"{_target(org, module)}/versions/{new.version}")
+    listed = sorted(files, key=lambda f: f.path.encode())
+    return VersionView(
+        module=module,
+        version=row,
+        files=[File(row.id, f.path, "", f.size_bytes) for f in listed],
+        dependencies=[
+            Edge(
+                version_id=row.id,
+                position=i,
+                dep_org_id=d.org_id,
+                dep_module_id=d.module_id,
+                dep_version_id=d.version_id,
+                dep_org_name=d.org_name,
+                dep_module_name=d.module_name,
+                dep_version=d.version,
+                deleted=False,
+            )
+            for i, d in enumerate(resolved)
+        ],
+    )
+
+
+async def _resolve_dependencies(
+    conn: AsyncConnection, org: OrgContext, module: Module, refs: Sequence[DependencyRef]
+) -> list[Resolved]:
+    """The versions ``refs`` name. One that does not exist, or belongs to a private module of
+    another organization, is NOT_FOUND with the same message."""
+    requested = []
+    for ref in refs:
+        org_id, module_id = parse_uuid(ref.org), parse_uuid(ref.module)
+        requested.append(
+            Requested(
+                org_id=org_id,
+                org_name=None if org_id else ref.org,
+                module_id=module_id,
+                module_name=None if module_id else ref.module,
+                version=ref.version,
+            )
+        )
+    found = await version_store.resolve(conn, requested, org_id=org.id)
+    by_position = {r.position: r for r in found}
+    for i, ref in enumerate(refs):
+        if i not in by_position:
+            raise NotFound("dependency", f"{ref.org}/{ref.module}@{ref.version}")
+    violations = Violations()
+    versions_seen: dict[uuid.UUID, int] = {}
+    modules_seen: dict[uuid.UUID, int] = {}
+    for r in found:
+        where = f"dependencies[{r.position}]"
+        if r.module_id == module.id:
+            violations.add(where, "a version cannot depend on its own module")
+        elif r.version_id in versions_seen:
+            violations.add(where, f"repeats dependencies[{versions_seen[r.version_id]}]")
+        elif r.module_id in modules_seen:
+            violations.add(
+                where,
+                f"{r.org_name}/{r.module_name} is already a dependency"
+                f" (dependencies[{modules_seen[r.module_id]}]); depend on one version of it",
+            )
+        versions_seen.setdefault(r.version_id, r.position)
+        modules_seen.setdefault(r.module_id, r.position)
+    violations.raise_if_any()
+    return found
+
+
+async def _dependency_files(
+    conn: AsyncConnection, resolved: Sequence[Resolved]
+) -> list[DependencyFiles]:
+    """The files of every version ``resolved`` depend on, transitively, by version."""
+    if not resolved:
+        return []
+    reached = await version_store.closure(conn, resolved)
+    deleted = [r.label for r in reached if not r.present]
+    if deleted:
+        raise FailedPrecondition(
+            PreconditionViolation(
+                type="DEPENDENCY_DELETED",
+                subject=deleted[0],
+                description=(
+                    f"the dependencies need {', '.join(deleted[:NAMED_DEPENDENTS])}, deleted"
+                    " since they were pushed; depend on versions that do not need them"
+                ),
+            )
+        )
+    size = sum(r.size_bytes for r in reached)
+    if len(reached) > MAX_CLOSURE_VERSIONS or size > MAX_CLOSURE_BYTES:
+        raise InvalidArgument.field(
+            "dependencies",
+            f"bring {len(reached)} versions and {size} bytes with their own dependencies; at"
+            f" most {MAX_CLOSURE_VERSIONS} versions and {MAX_CLOSURE_BYTES} bytes may be",
+        )
+    files = await version_store.closure_files(conn, reached)
+    return [
+        DependencyFiles(
+            label=r.label,
+            files=tuple(SourceFile(f.path, f.content) for f in files.get(r.version_id, [])),
+        )
+        for r in reached
+    ]
+
+
+async def get_version(
+    conn: AsyncConnection, org: OrgContext, module_ref: str, ref: str, *, public_only: bool
+) -> VersionView:
+    """The version with its files' contents and its dependencies."""
+    version_id = parse_uuid(ref)
+    if version_id is None and (problem := version_problem(ref)):
+        if len(ref) > MAX_VERSION:
+            raise NotFound("version", ref[:MAX_VERSION] + "…")
+        raise InvalidArgument.field("version", f"{problem}, or the version's id")
+    module = await get_module(conn, org, module_ref, public_only=public_only)
+    row = await version_store.get_version(
+        conn,
+        org.id,
+        module.id,
+        version_id=version_id,
+        key=None if version_id else version_store.version_key(ref),
+    )
+    if row is None:
+        raise NotFound("version", f"{module.name}@{ref}")
+    files = await version_store.files_of(conn, org.id, [row.id], contents=True)
+    edges = await version_store.edges_of(conn, org.id, [row.id])
+    return VersionView(module, row, files.get(row.id, []), edges.get(row.id, []))
+
+
+async def list_versions(
+    conn: AsyncConnection,
+    org: OrgContext,
+    module: Module,
+    rows: Sequence[Version],
+) -> list[VersionView]:
+    """``rows`` with their file paths and sizes (no contents) and their dependencies."""
+    ids = [row.id for row in rows]
+    files = await version_store.files_of(conn, org.id, ids, contents=False)
+    edges = await version_store.edges_of(conn, org.id, ids)
+    return [VersionView(module, row, files.get(row.id, []), edges.get(row.id, [])) for row in rows]
+
+
+def check_query(query: str) -> None:
+    violations = Violations()
+    violations.text("query", query, max_length=MAX_QUERY, multiline=False)
+    violations.raise_if_any()
+
+
+def _target(org: OrgContext, module: Module) -> str:
+    return f"organizations/{org.name}/modules/{module.name}"
+
+
+async def _audit(
+    conn: AsyncConnection, method: str, principal: Principal, org: OrgContext, target: str
+) -> None:
+    await audit.record(
+        conn,
+        audit.AuditEvent(method=method, actor_id=principal.user_id, org_id=org.id, target=target),
+    )

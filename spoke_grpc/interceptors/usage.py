@@ -1,0 +1,68 @@
+"""Counts every org-scoped call as an API request of its organization, and tells the caller
+where it stands: ``x-ratelimit-limit``, ``x-ratelimit-remaining`` and ``x-ratelimit-reset``
+(seconds to the end of the UTC hour) response metadata, all without a database statement.
+
+Calls are charged to the organization when its members (or a platform admin) make them;
+public reads by non-members are not, so that nobody outside an organization can spend its
+hourly quota. A call retried after a deadlock is counted once. Organizations without an
+hourly limit get no rate-limit metadata.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+from grpc import aio
+
+from spoke_grpc.call import current_call
+from spoke_grpc.database import UnitOfWork
+from spoke_grpc.interceptors.base import Behavior, PolicyInterceptor
+from spoke_grpc.types import Policy
+from spoke_grpc.usage import UsageBuffer, hour_end
+
+
+class UsageInterceptor(PolicyInterceptor):
+    def __init__(self, buffer: UsageBuffer) -> None:
+        super().__init__()
+        self._buffer = buffer
+
+    async def intercept(
+        self, policy: Policy, request: Any, context: aio.ServicerContext, call_next: Behavior
+    ) -> Any:
+        call = current_call()
+        org = call.org
+        charged = org is not None and (
+            org.role is not None or (call.principal is not None and call.principal.is_admin)
+        )
+        if org is None or not charged or call.unit is None:
+            return await call_next(request, context)
+        if call.unit.first_time("usage"):
+            self._buffer.count(org.id)
+        limit = org.limits.max_api_requests_per_hour if org.limits else None
+        if limit is None:
+            return await call_next(request, context)
+        try:
+            response = await call_next(request, context)
+        except Exception:
+            await self._send_rate_limit(context, call.unit, org.id, limit)
+            raise
+        await self._send_rate_limit(context, call.unit, org.id, limit)
+        return response
+
+    async def _send_rate_limit(
+        self, context: aio.ServicerContext, unit: UnitOfWork, org_id: uuid.UUID, limit: int
+    ) -> None:
+        if not unit.first_time("rate-limit metadata"):
+            return  # sent by an earlier attempt of this call
+        now = self._buffer.clock()
+        used = self._buffer.requests_this_hour(org_id)
+        reset = max(1, math.ceil((hour_end(now) - now).total_seconds()))
+        await context.send_initial_metadata(
+            (
+                ("x-ratelimit-limit", str(limit)),
+                ("x-ratelimit-remaining", str(max(0, limit - used))),
+                ("x-ratelimit-reset", str(reset)),
+            )
+        )

@@ -1,0 +1,324 @@
+"""spoke.v1.ModuleService.
+
+Reads declared ``public_read`` reach this servicer for callers who are not members when the
+organization has a public module (the org-context interceptor checked that); they are then
+shown public modules and their versions only.
+"""
+
+from __future__ import annotations
+
+from grpc import aio
+from spoke.v1 import module_pb2, module_pb2_grpc
+
+from spoke_grpc import pagination
+from spoke_grpc.app import App
+from spoke_grpc.call import current_call
+from spoke_grpc.compiler import SourceFile
+from spoke_grpc.domain import modules as domain
+from spoke_grpc.domain.modules import BreakingChangePolicy
+from spoke_grpc.errors import InvalidArgument, Unimplemented
+from spoke_grpc.servicers.convert import timestamp
+from spoke_grpc.store import modules as store
+from spoke_grpc.store import versions as version_store
+from spoke_grpc.store.modules import Module
+from spoke_grpc.types import CallContext
+
+_UPDATABLE_PATHS = ("description", "is_public", "breaking_change_policy")
+_IMMUTABLE_PATHS = ("id", "org_id", "org_name", "name", "created_by", "create_time", "update_time")
+
+POLICY_TO_PROTO: dict[BreakingChangePolicy, module_pb2.BreakingChangePolicy] = {
+    BreakingChangePolicy.ALLOW: module_pb2.BREAKING_CHANGE_POLICY_ALLOW,
+    BreakingChangePolicy.REJECT: module_pb2.BREAKING_CHANGE_POLICY_REJECT,
+}
+_POLICY_FROM_PROTO = {int(v): k for k, v in POLICY_TO_PROTO.items()}
+
+
+def policy_from_proto(field: str, value: int, *, required: bool) -> BreakingChangePolicy:
+    if value == module_pb2.BREAKING_CHANGE_POLICY_UNSPECIFIED and not required:
+        return BreakingChangePolicy.ALLOW
+    policy = _POLICY_FROM_PROTO.get(value)
+    if policy is None:
+        names = ", ".join(f"BREAKING_CHANGE_POLICY_{p.value.upper()}" for p in POLICY_TO_PROTO)
+        raise InvalidArgument.field(field, f"must be one of {names}; got {value}")
+    return policy
+
+
+def module_to_proto(row: Module) -> module_pb2.Module:
+    return module_pb2.Module(
+        id=str(row.id),
+        org_id=str(row.org_id),
+        org_name=row.org_name,
+        name=row.name,
+        description=row.description,
+        is_public=row.is_public,
+        created_by=str(row.created_by) if row.created_by else "",
+        create_time=timestamp(row.created_at),
+        update_time=timestamp(row.updated_at),
+        breaking_change_policy=POLICY_TO_PROTO[BreakingChangePolicy(row.breaking_change_policy)],
+    )
+
+
+def version_to_proto(view: domain.VersionView) -> module_pb2.Version:
+    row = view.version
+    return module_pb2.Version(
+        id=str(row.id),
+        module_id=str(row.module_id),
+        version=row.version,
+        files=[
+            module_pb2.ProtoFile(path=f.path, content=f.content, size_bytes=f.size_bytes)
+            for f in view.files
+        ],
+        size_bytes=row.size_bytes,
+        created_by=str(row.created_by) if row.created_by else "",
+        create_time=timestamp(row.created_at),
+        digest=row.digest,
+        source=module_pb2.VersionSource(
+            repository=row.source_repository,
+            commit_sha=row.source_commit_sha,
+            branch=row.source_branch,
+        ),
+        dependencies=[
+            module_pb2.VersionRef(
+                org=e.dep_org_name,
+                module=e.dep_module_name,
+                version=e.dep_version,
+                deleted=e.deleted,
+            )
+            for e in view.dependencies
+        ],
+        org_id=str(row.org_id),
+        org_name=view.module.org_name,
+        module_name=view.module.name,
+    )
+
+
+def update_from_proto(request: module_pb2.UpdateModuleRequest) -> domain.ModuleUpdate:
+    """Reads exactly the masked fields; an empty, unknown or repeated path is INVALID_ARGUMENT."""
+    paths = list(request.update_mask.paths)
+    if not paths:
+        raise InvalidArgument.field(
+            "update_mask", f"required: list the fields to update ({', '.join(_UPDATABLE_PATHS)})"
+        )
+    source = request.update
+    seen: set[str] = set()
+    for path in paths:
+        if path in _IMMUTABLE_PATHS:
+            raise InvalidArgument.field("update_mask", f"{path!r} cannot be updated")
+        if path not in _UPDATABLE_PATHS:
+            raise InvalidArgument.field(
+                "update_mask", f"unknown field {path!r}; updatable: {', '.join(_UPDATABLE_PATHS)}"
+            )
+        if path in seen:
+            raise InvalidArgument.field("update_mask", f"{path!r} is listed twice")
+        seen.add(path)
+    return domain.ModuleUpdate(
+        description=source.description if "description" in seen else None,
+        is_public=source.is_public if "is_public" in seen else None,
+        breaking_change_policy=(
+            policy_from_proto(
+                "update.breaking_change_policy", source.breaking_change_policy, required=True
+            )
+            if "breaking_change_policy" in seen
+            else None
+        ),
+    )
+
+
+def public_only(call: CallContext) -> bool:
+    """True for a reader who is neither a member nor a platform admin (SPEC §3)."""
+    org = call.require_org()
+    return org.role is None and not (call.principal is not None and call.principal.is_admin)
+
+
+class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    async def CreateModule(
+        self, request: module_pb2.CreateModuleRequest, context: aio.ServicerContext
+    ) -> module_pb2.CreateModuleResponse:
+        call = current_call()
+        new = domain.NewModule(
+            name=request.name,
+            description=request.description,
+            is_public=request.is_public,
+            breaking_change_policy=policy_from_proto(
+                "breaking_change_policy", request.breaking_change_policy, required=False
+            ),
+        )
+        row = await domain.create_module(
+            call.db,
+            call.require_org(),
+            new,
+            principal=call.require_principal(),
+            method=call.policy.method,
+        )
+        return module_pb2.CreateModuleResponse(module=module_to_proto(row))
+
+    async def GetModule(
+        self, request: module_pb2.GetModuleRequest, context: aio.ServicerContext
+    ) -> module_pb2.GetModuleResponse:
+        call = current_call()
+        row = await domain.get_module(
+            call.db, call.require_org(), request.module, public_only=public_only(call)
+        )
+        return module_pb2.GetModuleResponse(module=module_to_proto(row))
+
+    async def ListModules(
+        self, request: module_pb2.ListModulesRequest, context: aio.ServicerContext
+    ) -> module_pb2.ListModulesResponse:
+        call = current_call()
+        org = call.require_org()
+        public = public_only(call)
+        # A non-member's list (public modules) and a member's differ: tokens are bound to it.
+        scope = f"{org.id}:{'public' if public else 'all'}"
+        pages = self._app.pages
+        page = pages.request(
+            "modules", scope, request.page_size, request.page_token, (pagination.text,)
+        )
+        rows = await store.list_modules(call.db, org.id, public_only=public, page=page)
+        return module_pb2.ListModulesResponse(
+            modules=[module_to_proto(r) for r in rows[: page.size]],
+            next_page_token=pages.next_token("modules", scope, rows, page, lambda r: [r.name]),
+        )
+
+    async def UpdateModule(
+        self, request: module_pb2.UpdateModuleRequest, context: aio.ServicerContext
+    ) -> module_pb2.UpdateModuleResponse:
+        call = current_call()
+        update = update_from_proto(request)
+        row = await domain.update_module(
+            call.db,
+            call.require_org(),
+            request.module,
+            update,
+            principal=call.require_principal(),
+            method=call.policy.method,
+        )
+        return module_pb2.UpdateModuleResponse(module=module_to_proto(row))
+
+    async def DeleteModule(
+        self, request: module_pb2.DeleteModuleRequest, context: aio.ServicerContext
+    ) -> module_pb2.DeleteModuleResponse:
+        call = current_call()
+        await domain.delete_module(
+            call.db,
+            call.require_org(),
+            request.module,
+            force=request.force,
+            principal=call.require_principal(),
+            method=call.policy.method,
+        )
+        return module_pb2.DeleteModuleResponse()
+
+    async def CreateVersion(
+        self, request: module_pb2.CreateVersionRequest, context: aio.ServicerContext
+    ) -> module_pb2.CreateVersionResponse:
+        call = current_call()
+        new = domain.NewVersion(
+            version=request.version,
+            files=[SourceFile(f.path, f.content) for f in request.files],
+            dependencies=[
+                domain.DependencyRef(org=d.org, module=d.module, version=d.version)
+                for d in request.dependencies
+            ],
+            source=domain.Source(
+                repository=request.source.repository,
+                commit_sha=request.source.commit_sha,
+                branch=request.source.branch,
+            ),
+        )
+        view = await domain.create_version(
+            call.db,
+            call.require_org(),
+            request.module,
+            new,
+            principal=call.require_principal(),
+            compiler=self._app.compiler,
+            method=call.policy.method,
+        )
+        return module_pb2.CreateVersionResponse(version=version_to_proto(view))
+
+    async def GetVersion(
+        self, request: module_pb2.GetVersionRequest, context: aio.ServicerContext
+    ) -> module_pb2.GetVersionResponse:
+        call = current_call()
+        view = await domain.get_version(
+            call.db,
+            call.require_org(),
+            request.module,
+            request.version,
+            public_only=public_only(call),
+        )
+        return module_pb2.GetVersionResponse(version=version_to_proto(view))
+
+    async def ListVersions(
+        self, request: module_pb2.ListVersionsRequest, context: aio.ServicerContext
+    ) -> module_pb2.ListVersionsResponse:
+        call = current_call()
+        org = call.require_org()
+        module = await domain.get_module(
+            call.db, org, request.module, public_only=public_only(call)
+        )
+        scope = str(module.id)
+        pages = self._app.pages
+        page = pages.request(
+            "versions",
+            scope,
+            request.page_size,
+            request.page_token,
+            (pagination.timestamp, pagination.uuid_part),
+        )
+        rows = await version_store.list_versions(call.db, org.id, module.id, page)
+        views = await domain.list_versions(call.db, org, module, rows[: page.size])
+        return module_pb2.ListVersionsResponse(
+            versions=[version_to_proto(v) for v in views],
+            next_page_token=pages.next_token(
+                "versions", scope, rows, page, lambda r: [r.created_at, r.id]
+            ),
+        )
+
+    async def CompileVersion(
+        self, request: module_pb2.CompileVersionRequest, context: aio.ServicerContext
+    ) -> module_pb2.CompileVersionResponse:
+        raise _unimplemented("CompileVersion")
+
+    async def CheckCompatibility(
+        self, request: module_pb2.CheckCompatibilityRequest, context: aio.ServicerContext
+    ) -> module_pb2.CheckCompatibilityResponse:
+        raise _unimplemented("CheckCompatibility")
+
+    async def GetDependencyGraph(
+        self, request: module_pb2.GetDependencyGraphRequest, context: aio.ServicerContext
+    ) -> module_pb2.GetDependencyGraphResponse:
+        raise _unimplemented("GetDependencyGraph")
+
+    async def ListPublicModules(
+        self, request: module_pb2.ListPublicModulesRequest, context: aio.ServicerContext
+    ) -> module_pb2.ListPublicModulesResponse:
+        call = current_call()
+        domain.check_query(request.query)
+        # The token is bound to its query: a page of one search cannot continue another.
+        scope = f"query:{request.query}"
+        pages = self._app.pages
+        page = pages.request(
+            "public_modules",
+            scope,
+            request.page_size,
+            request.page_token,
+            (pagination.text, pagination.text),
+        )
+        rows = await store.search_public(call.db, request.query, page)
+        return module_pb2.ListPublicModulesResponse(
+            modules=[module_to_proto(r) for r in rows[: page.size]],
+            next_page_token=pages.next_token(
+                "public_modules", scope, rows, page, lambda r: [r.name, r.org_name]
+            ),
+        )
+
+
+def _unimplemented(method: str) -> Unimplemented:
+    return Unimplemented(
+        f"spoke.v1.ModuleService.{method} is part of the spoke.v1 contract"
+        " but not implemented by this server yet"
+    )
