@@ -81,11 +81,11 @@ def migrated_template(url: str) -> str:
 class ServerThread:
     """A SpokeServer on its own event loop in a daemon thread."""
 
-    def __init__(self, settings: Settings, database_url: str) -> None:
+    def __init__(self, settings: Settings, database_url: str, **options: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = self.run(_make_server(settings, database_url))
+        self.server = self.run(_make_server(settings, database_url, **options))
         self.port = self.run(self.server.start("127.0.0.1:0"))
         self.address = f"127.0.0.1:{self.port}"
 
@@ -99,8 +99,8 @@ class ServerThread:
         self.loop.close()
 
 
-async def _make_server(settings: Settings, database_url: str) -> SpokeServer:
-    return SpokeServer(settings, database_url)
+async def _make_server(settings: Settings, database_url: str, **options: Any) -> SpokeServer:
+    return SpokeServer(settings, database_url, **options)
 
 
 class _Bound:
@@ -118,6 +118,9 @@ class _Bound:
             return method(request, metadata=self._metadata(), **kwargs)
 
         call.future = lambda request, **kw: method.future(  # type: ignore[attr-defined]
+            request, metadata=self._metadata(), timeout=30, **kw
+        )
+        call.with_call = lambda request, **kw: method.with_call(  # type: ignore[attr-defined]
             request, metadata=self._metadata(), timeout=30, **kw
         )
         return call

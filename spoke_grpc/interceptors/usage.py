@@ -2,9 +2,9 @@
 where it stands: ``x-ratelimit-limit``, ``x-ratelimit-remaining`` and ``x-ratelimit-reset``
 (seconds to the end of the UTC hour) response metadata, all without a database statement.
 
-Calls are charged to the organization when its members (or a platform admin) make them;
-public reads by non-members are not, so that nobody outside an organization can spend its
-hourly quota. A call retried after a deadlock is counted once. Organizations without an
+Calls are charged to the organization when its members make them; public reads by
+non-members and a platform admin's operations are not, so that nobody outside an
+organization can spend its hourly quota. A call retried after a deadlock is counted once. Organizations without an
 hourly limit get no rate-limit metadata.
 """
 
@@ -33,10 +33,7 @@ class UsageInterceptor(PolicyInterceptor):
     ) -> Any:
         call = current_call()
         org = call.org
-        charged = org is not None and (
-            org.role is not None or (call.principal is not None and call.principal.is_admin)
-        )
-        if org is None or not charged or call.unit is None:
+        if org is None or org.role is None or call.unit is None:
             return await call_next(request, context)
         if call.unit.first_time("usage"):
             self._buffer.count(org.id)

@@ -1,0 +1,407 @@
+"""QuotaService, the hourly API quota and the usage counters, on real servers and a real clock
+that tests can move (``FakeClock``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.rpc import error_details_pb2
+from spoke.v1 import organization_pb2 as opb
+from spoke.v1 import quota_pb2 as qpb
+
+from spoke_grpc.bootstrap import ensure_bootstrap_admin
+from spoke_grpc.config import Settings
+from spoke_grpc.tiers import GIB
+from spoke_grpc.types import Role
+from spoke_grpc.usage import UsageBuffer
+from tests import harness
+from tests.conftest import Users
+from tests.harness import Client, ServerThread, failure
+from tests.proxy import DatabaseProxy
+
+
+def limits(client: Client, org: str) -> qpb.Quotas:
+    quotas: qpb.Quotas = client.quotas.GetQuotas(qpb.GetQuotasRequest(org=org)).quotas
+    return quotas
+
+
+def update(client: Client, org: str, paths: list[str], **values: Any) -> qpb.Quotas:
+    request = qpb.UpdateQuotasRequest(
+        org=org, quotas=qpb.Quotas(**values), update_mask=FieldMask(paths=paths)
+    )
+    quotas: qpb.Quotas = client.quotas.UpdateQuotas(request).quotas
+    return quotas
+
+
+def describe(client: Client, org: str, text: str) -> Any:
+    return client.orgs.UpdateOrganization(
+        opb.UpdateOrganizationRequest(
+            org=org,
+            organization=opb.Organization(description=text),
+            update_mask=FieldMask(paths=["description"]),
+        )
+    )
+
+
+# --- limits -------------------------------------------------------------------------------
+
+
+def test_new_orgs_get_the_small_tier(users: Users) -> None:
+    owner = users.create()
+    owner.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="tiny"))
+    quotas = limits(owner, "tiny")
+    assert quotas.tier == opb.QUOTA_TIER_SMALL
+    assert (
+        quotas.max_modules,
+        quotas.max_versions_per_module,
+        quotas.max_storage_bytes,
+        quotas.max_compile_jobs_per_month,
+        quotas.max_api_requests_per_hour,
+    ) == (10, 100, 5 * GIB, 5_000, 5_000)
+
+
+def test_only_platform_admins_change_quotas(admin: Client, users: Users) -> None:
+    owner = users.create()
+    owner.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="capped"))
+    error = failure(lambda: update(owner, "capped", ["max_modules"], max_modules=1000))
+    assert error.code is grpc.StatusCode.PERMISSION_DENIED
+    assert limits(owner, "capped").max_modules == 10
+
+
+def test_tier_resets_limits_and_custom_limits_follow_the_mask(
+    admin: Client, users: Users, db: psycopg.Connection[Any]
+) -> None:
+    owner = users.create()
+    org = owner.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="tiered")).organization
+    custom = update(admin, "tiered", ["max_modules", "max_storage_bytes"], max_modules=3)
+    assert custom.max_modules == 3
+    assert not custom.HasField("max_storage_bytes")  # listed but unset: unlimited
+    assert custom.max_versions_per_module == 100  # not listed: untouched
+    large = update(admin, "tiered", ["tier"], tier=opb.QUOTA_TIER_LARGE)
+    assert (large.tier, large.max_modules, large.max_storage_bytes) == (
+        opb.QUOTA_TIER_LARGE,
+        200,
+        100 * GIB,
+    )
+    both = update(
+        admin, "tiered", ["tier", "max_api_requests_per_hour"], tier=opb.QUOTA_TIER_MEDIUM
+    )
+    assert (both.tier, both.max_modules, both.HasField("max_api_requests_per_hour")) == (
+        opb.QUOTA_TIER_MEDIUM,
+        50,
+        False,
+    )
+    unlimited = update(admin, "tiered", ["tier"], tier=opb.QUOTA_TIER_UNLIMITED)
+    assert not any(unlimited.HasField(f) for f in ("max_modules", "max_storage_bytes"))
+    got = owner.orgs.GetOrganization(opb.GetOrganizationRequest(org="tiered")).organization
+    assert got.quota_tier == opb.QUOTA_TIER_UNLIMITED
+    assert db.execute(
+        "SELECT count(*) FROM audit_events WHERE org_id = %s AND method LIKE %s",
+        [org.id, "%UpdateQuotas"],
+    ).fetchone() == (4,)
+
+
+@pytest.mark.parametrize(
+    ("paths", "values", "field"),
+    [
+        pytest.param([], {}, "update_mask", id="empty-mask"),
+        pytest.param(["max_everything"], {}, "update_mask", id="unknown-path"),
+        pytest.param(["max_modules", "max_modules"], {}, "update_mask", id="repeated"),
+        pytest.param(["max_modules"], {"max_modules": -1}, "quotas.max_modules", id="negative"),
+        pytest.param(["tier"], {"tier": 0}, "quotas.tier", id="unspecified-tier"),
+        pytest.param(["tier"], {"tier": 99}, "quotas.tier", id="unknown-tier"),
+    ],
+)
+def test_bad_quota_updates_are_invalid(
+    admin: Client, paths: list[str], values: dict[str, Any], field: str
+) -> None:
+    admin.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="strict"))
+    error = failure(lambda: update(admin, "strict", paths, **values))
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert set(error.field_violations) == {field}
+    assert limits(admin, "strict").max_modules == 10
+
+
+# --- the hourly API quota -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_writes_stop_at_the_hourly_limit_reads_never_do(
+    admin: Client, users: Users, limit: int
+) -> None:
+    owner = users.create()
+    name = f"rate-{limit}"
+    owner.orgs.CreateOrganization(opb.CreateOrganizationRequest(name=name))
+    update(admin, name, ["max_api_requests_per_hour"], max_api_requests_per_hour=limit)
+    # Requests limit - 1 and limit are accepted, limit + 1 is refused.
+    for i in range(limit):
+        describe(owner, name, f"write {i}")
+    error = failure(lambda: describe(owner, name, "one too many"))
+    assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.message == f"api requests per hour quota exceeded: {limit} of {limit} used"
+    info = error.error_info
+    assert info.reason == "RATE_LIMIT_EXCEEDED"
+    assert dict(info.metadata) == {
+        "quota": "api_requests_per_hour",
+        "limit": str(limit),
+        "current": str(limit),
+    }
+    assert error.detail(error_details_pb2.QuotaFailure).violations[0].subject == (
+        f"organizations/{name}"
+    )
+    retry = error.detail(error_details_pb2.RetryInfo).retry_delay.seconds
+    assert 1 <= retry <= 3600
+    # Reads go on; the platform admin may still write (to raise the limit).
+    assert owner.orgs.GetOrganization(opb.GetOrganizationRequest(org=name)).organization
+    update(admin, name, ["max_api_requests_per_hour"], max_api_requests_per_hour=limit + 10)
+    describe(owner, name, "after the raise")
+
+
+def test_responses_carry_rate_limit_metadata(admin: Client, users: Users) -> None:
+    owner = users.create()
+    owner.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="metered"))
+    update(admin, "metered", ["max_api_requests_per_hour"], max_api_requests_per_hour=100)
+    seen = []
+    for _ in range(3):
+        _, call = owner.orgs.GetOrganization.with_call(opb.GetOrganizationRequest(org="metered"))
+        headers = dict(call.initial_metadata())
+        seen.append(int(headers["x-ratelimit-remaining"]))
+        assert headers["x-ratelimit-limit"] == "100"
+        assert 1 <= int(headers["x-ratelimit-reset"]) <= 3600
+    assert seen[1] == seen[0] - 1 and seen[2] == seen[1] - 1
+    update(admin, "metered", ["max_api_requests_per_hour"], max_api_requests_per_hour=0)
+    try:
+        describe(owner, "metered", "refused")
+    except grpc.RpcError as exc:
+        assert exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        headers = dict(exc.initial_metadata())  # type: ignore[attr-defined]
+        assert headers["x-ratelimit-remaining"] == "0"
+    else:
+        raise AssertionError("the write over the limit succeeded")
+
+
+# --- counting and flushing ----------------------------------------------------------------
+
+
+class FakeClock:
+    """A UTC clock the test moves by hand."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        self.now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> dt.datetime:
+        with self._lock:
+            return self.now
+
+    def set(self, moment: dt.datetime) -> None:
+        with self._lock:
+            self.now = moment
+
+
+class Deployment:
+    """A server of its own (optionally through a proxy and with a fake clock) and its admin."""
+
+    def __init__(
+        self, url: str, token_file: Path, *, flush: float = 3600, clock: FakeClock | None = None
+    ) -> None:
+        settings = Settings(
+            usage_flush_interval_seconds=flush,
+            health_check_interval_seconds=0.2,
+            pool_timeout_seconds=1,
+        )
+        options: dict[str, Any] = {"clock": clock} if clock else {}
+        self.server = ServerThread(settings, url, **options)
+        token = self.server.run(ensure_bootstrap_admin(self.server.server.pool, token_file))
+        self.channel = grpc.insecure_channel(self.server.address)
+        text = (token or token_file).read_text().strip()
+        self.admin = Client(self.channel, text)
+
+    @property
+    def usage(self) -> UsageBuffer:
+        return self.server.server.usage
+
+    def flush(self) -> bool:
+        return self.server.run(self.usage.flush())
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.server.stop()
+
+
+@pytest.fixture
+def own_database(pg_admin_url: str, template_url: str) -> Iterator[str]:
+    url = harness.create_database(pg_admin_url, template=harness.database_name(template_url))
+    yield url
+    harness.drop_database(pg_admin_url, url)
+
+
+def counts(url: str, org_id: str) -> tuple[int, int]:
+    """(this org's requests in the hourly rows, in the monthly rows)."""
+    with harness.connect(url) as db:
+        hourly = db.execute(
+            "SELECT coalesce(sum(requests), 0) FROM org_api_requests_hourly WHERE org_id = %s",
+            [org_id],
+        ).fetchone()
+        monthly = db.execute(
+            "SELECT coalesce(sum(api_requests), 0) FROM org_usage_periods WHERE org_id = %s",
+            [org_id],
+        ).fetchone()
+    assert hourly is not None and monthly is not None
+    return int(hourly[0]), int(monthly[0])
+
+
+def get(client: Client, org: str) -> Callable[[], Any]:
+    return lambda: client.orgs.GetOrganization(opb.GetOrganizationRequest(org=org))
+
+
+def test_counts_are_exact_after_a_flush_and_after_a_graceful_stop(
+    own_database: str, tmp_path: Path
+) -> None:
+    deployment = Deployment(own_database, tmp_path / "token")
+    try:
+        org = deployment.admin.orgs.CreateOrganization(
+            opb.CreateOrganizationRequest(name="counted")
+        ).organization
+        for _ in range(7):
+            get(deployment.admin, "counted")()
+        assert counts(own_database, org.id) == (0, 0)  # nothing on the request path
+        assert deployment.flush()
+        assert counts(own_database, org.id) == (7, 7)
+        for _ in range(5):
+            get(deployment.admin, "counted")()
+    finally:
+        deployment.stop()  # a graceful stop flushes the rest
+    assert counts(own_database, org.id) == (12, 12)
+
+
+def test_a_flush_that_fails_keeps_its_counts_and_lands_later(
+    own_database: str, tmp_path: Path
+) -> None:
+    proxy = DatabaseProxy(own_database)
+    deployment = Deployment(proxy.url, tmp_path / "token")
+    try:
+        org = deployment.admin.orgs.CreateOrganization(
+            opb.CreateOrganizationRequest(name="patient")
+        ).organization
+        for _ in range(4):
+            get(deployment.admin, "patient")()
+        proxy.cut()
+        assert not deployment.flush()
+        assert deployment.usage.failed_flushes == 1
+        assert deployment.usage.pending_keys == 1
+        proxy.restore()
+        deadline = time.monotonic() + 20
+        while not deployment.flush():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert counts(own_database, org.id) == (4, 4)
+    finally:
+        deployment.stop()
+        proxy.close()
+
+
+def test_counts_of_a_deleted_org_do_not_block_the_flush(own_database: str, tmp_path: Path) -> None:
+    deployment = Deployment(own_database, tmp_path / "token")
+    try:
+        client = deployment.admin
+        kept = client.orgs.CreateOrganization(
+            opb.CreateOrganizationRequest(name="kept")
+        ).organization
+        client.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="doomed"))
+        get(client, "kept")()
+        get(client, "doomed")()
+        client.orgs.DeleteOrganization(opb.DeleteOrganizationRequest(org="doomed"))
+        assert deployment.flush()
+        assert deployment.usage.pending_keys == 0
+        assert counts(own_database, kept.id) == (1, 1)
+    finally:
+        deployment.stop()
+
+
+def test_two_processes_count_every_request_once(own_database: str, tmp_path: Path) -> None:
+    first = Deployment(own_database, tmp_path / "token")
+    second = Deployment(own_database, tmp_path / "token")
+    try:
+        org = first.admin.orgs.CreateOrganization(
+            opb.CreateOrganizationRequest(name="shared")
+        ).organization
+        for _ in range(6):
+            get(first.admin, "shared")()
+            get(second.admin, "shared")()
+        assert first.flush() and second.flush()
+        assert counts(own_database, org.id) == (12, 12)
+        # A process sees the database total as of its last flush plus its unflushed calls.
+        org_id = uuid.UUID(org.id)
+        assert first.usage.requests_this_hour(org_id) == 6  # flushed before the second
+        get(first.admin, "shared")()
+        assert first.flush()
+        assert first.usage.requests_this_hour(org_id) == 13
+        get(first.admin, "shared")()
+        assert first.usage.requests_this_hour(org_id) == 14
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_hour_and_month_rollover(own_database: str, tmp_path: Path) -> None:
+    # Later than the real now: the org's creation month (real time) starts its history.
+    clock = FakeClock(dt.datetime(2030, 1, 31, 23, 30, tzinfo=dt.UTC))
+    deployment = Deployment(own_database, tmp_path / "token", clock=clock)
+    try:
+        client = deployment.admin
+        client.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="rolling"))
+        update(client, "rolling", ["max_api_requests_per_hour"], max_api_requests_per_hour=100)
+        for _ in range(3):
+            get(client, "rolling")()
+        january = client.quotas.GetUsage(qpb.GetUsageRequest(org="rolling")).usage
+        # The admin (the org's owner) is charged for UpdateQuotas, 3 gets and this GetUsage.
+        assert (january.api_requests_this_hour, january.api_requests) == (5, 5)
+        assert january.period_start.ToDatetime(dt.UTC) == dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+        assert deployment.flush()
+
+        clock.set(dt.datetime(2030, 2, 1, 0, 5, tzinfo=dt.UTC))  # a new hour and a new month
+        _, call = client.orgs.GetOrganization.with_call(opb.GetOrganizationRequest(org="rolling"))
+        assert dict(call.initial_metadata())["x-ratelimit-remaining"] == "99"
+        february = client.quotas.GetUsage(qpb.GetUsageRequest(org="rolling")).usage
+        assert (february.api_requests_this_hour, february.api_requests) == (2, 2)
+        assert february.period_end.ToDatetime(dt.UTC) == dt.datetime(2030, 3, 1, tzinfo=dt.UTC)
+        assert deployment.flush()
+        history = client.quotas.GetUsageHistory(qpb.GetUsageHistoryRequest(org="rolling"))
+        starts = [p.period_start.ToDatetime(dt.UTC).month for p in history.periods]
+        assert starts[:3] == [2, 1, 12]
+        # February is live (this history call included); January as flushed; December empty.
+        assert [p.api_requests for p in history.periods[:3]] == [3, 5, 0]
+    finally:
+        deployment.stop()
+
+
+def test_the_buffer_is_bounded(server: ServerThread) -> None:
+    buffer = UsageBuffer(server.server.pool, interval=1, max_keys=3)
+    orgs = [uuid.uuid4() for _ in range(5)]
+    for org in orgs:
+        buffer.count(org)
+    assert buffer.pending_keys == 3
+    assert buffer.dropped == 2
+
+
+def test_viewers_see_usage_and_only_charged_calls_count(
+    admin: Client, users: Users, db: psycopg.Connection[Any]
+) -> None:
+    owner, viewer, stranger = users.create(), users.create(), users.create()
+    org = owner.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="watched")).organization
+    users.join(org.id, viewer, Role.VIEWER)
+    before = viewer.quotas.GetUsage(qpb.GetUsageRequest(org="watched")).usage
+    failure(get(stranger, "watched"))  # not a member: refused, not charged
+    after = viewer.quotas.GetUsage(qpb.GetUsageRequest(org="watched")).usage
+    assert after.api_requests_this_hour == before.api_requests_this_hour + 1
