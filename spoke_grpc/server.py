@@ -98,7 +98,6 @@ class SpokeServer:
             options=session_options(self.settings),
         ) as conn:
             pages = PageTokens(await load_key(conn))
-        self.compiler.start()
         self.app = App(self.settings, self.pool, pages, self.compiler, self.usage)
         await self.pool.open(wait=True, timeout=self.settings.pool_timeout_seconds)
         server = aio.server(
@@ -124,11 +123,11 @@ class SpokeServer:
             self.port = server.add_insecure_port(address)
         except RuntimeError:
             await self.pool.close()
-            await self.compiler.stop()
             raise ConfigError(
                 f"cannot listen on {address}: the address is in use or not available here"
                 " (is another server running?); choose another with --listen or SPOKE_LISTEN"
             ) from None
+        self.compiler.start()
         await server.start()
         self._server = server
         await self.health.set_serving(await self.health.probe())

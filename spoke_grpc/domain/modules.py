@@ -51,6 +51,9 @@ MAX_REPOSITORY = 500
 MAX_BRANCH = 255
 # Dependents named in the error that refuses a delete.
 NAMED_DEPENDENTS = 5
+# What one ListVersions page may spend on file listings (responses are capped at 16 MiB).
+LIST_BUDGET_BYTES = 4 * 2**20
+_LISTED_FILE_OVERHEAD = 32
 
 _NUMBER = r"(?:0|[1-9][0-9]*)"
 _PRERELEASE_PART = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
@@ -566,11 +569,21 @@ async def list_versions(
     module: Module,
     rows: Sequence[Version],
 ) -> list[VersionView]:
-    """``rows`` with their file paths and sizes (no contents) and their dependencies."""
+    """``rows`` with their file paths and sizes (no contents) and their dependencies, cut
+    short (never below one version) where the file listings would pass LIST_BUDGET_BYTES:
+    a thousand versions of two hundred long paths would not fit in one response."""
     ids = [row.id for row in rows]
     files = await version_store.files_of(conn, org.id, ids, contents=False)
     edges = await version_store.edges_of(conn, org.id, ids)
-    return [VersionView(module, row, files.get(row.id, []), edges.get(row.id, [])) for row in rows]
+    views: list[VersionView] = []
+    budget = LIST_BUDGET_BYTES
+    for row in rows:
+        listed = files.get(row.id, [])
+        budget -= sum(len(f.path) + _LISTED_FILE_OVERHEAD for f in listed)
+        if views and budget < 0:
+            break
+        views.append(VersionView(module, row, listed, edges.get(row.id, [])))
+    return views
 
 
 def check_query(query: str) -> None:

@@ -1,11 +1,12 @@
-"""Counts every org-scoped call as an API request of its organization, and tells the caller
-where it stands: ``x-ratelimit-limit``, ``x-ratelimit-remaining`` and ``x-ratelimit-reset``
-(seconds to the end of the UTC hour) response metadata, all without a database statement.
+"""Counts every org-scoped call as an API request of its organization, and tells the
+caller where it stands: ``x-ratelimit-limit``, ``x-ratelimit-remaining`` and
+``x-ratelimit-reset`` (seconds to the end of the UTC hour) response metadata, all without
+a database statement.
 
 Calls are charged to the organization when its members make them; public reads by
 non-members and a platform admin's operations are not, so that nobody outside an
-organization can spend its hourly quota. A call retried after a deadlock is counted once. Organizations without an
-hourly limit get no rate-limit metadata.
+organization can spend its hourly quota. A call retried after a deadlock is counted
+once. Organizations without an hourly limit get no rate-limit metadata.
 """
 
 from __future__ import annotations

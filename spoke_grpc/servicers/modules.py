@@ -7,6 +7,8 @@ shown public modules and their versions only.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from grpc import aio
 from spoke.v1 import module_pb2, module_pb2_grpc
 
@@ -21,6 +23,7 @@ from spoke_grpc.servicers.convert import timestamp
 from spoke_grpc.store import modules as store
 from spoke_grpc.store import versions as version_store
 from spoke_grpc.store.modules import Module
+from spoke_grpc.store.versions import Version
 from spoke_grpc.types import CallContext
 
 _UPDATABLE_PATHS = ("description", "is_public", "breaking_change_policy")
@@ -72,11 +75,7 @@ def version_to_proto(view: domain.VersionView) -> module_pb2.Version:
         created_by=str(row.created_by) if row.created_by else "",
         create_time=timestamp(row.created_at),
         digest=row.digest,
-        source=module_pb2.VersionSource(
-            repository=row.source_repository,
-            commit_sha=row.source_commit_sha,
-            branch=row.source_branch,
-        ),
+        source=_source_to_proto(row),
         dependencies=[
             module_pb2.VersionRef(
                 org=e.dep_org_name,
@@ -89,6 +88,15 @@ def version_to_proto(view: domain.VersionView) -> module_pb2.Version:
         org_id=str(row.org_id),
         org_name=view.module.org_name,
         module_name=view.module.name,
+    )
+
+
+def _source_to_proto(row: Version) -> module_pb2.VersionSource | None:
+    """None (unset) when the pusher gave no source."""
+    if not (row.source_repository or row.source_commit_sha or row.source_branch):
+        return None
+    return module_pb2.VersionSource(
+        repository=row.source_repository, commit_sha=row.source_commit_sha, branch=row.source_branch
     )
 
 
@@ -271,10 +279,12 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         )
         rows = await version_store.list_versions(call.db, org.id, module.id, page)
         views = await domain.list_versions(call.db, org, module, rows[: page.size])
+        # A page cut short by its size budget continues after its last version.
+        shown = replace(page, size=len(views)) if len(views) < page.size else page
         return module_pb2.ListVersionsResponse(
             versions=[version_to_proto(v) for v in views],
             next_page_token=pages.next_token(
-                "versions", scope, rows, page, lambda r: [r.created_at, r.id]
+                "versions", scope, rows, shown, lambda r: [r.created_at, r.id]
             ),
         )
 

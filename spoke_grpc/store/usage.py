@@ -79,8 +79,8 @@ async def live_usage(
             "SELECT"
             " (SELECT count(*) FROM modules WHERE org_id = %(org)s) AS modules,"
             " (SELECT count(*) FROM module_versions WHERE org_id = %(org)s) AS versions,"
-            " (SELECT coalesce(sum(size_bytes), 0)::bigint FROM module_versions WHERE org_id = %(org)s)"
-            "   AS storage_bytes,"
+            " (SELECT coalesce(sum(size_bytes), 0)::bigint FROM module_versions"
+            "   WHERE org_id = %(org)s) AS storage_bytes,"
             " coalesce(p.compile_jobs, 0) AS compile_jobs,"
             " coalesce(p.api_requests, 0) AS api_requests,"
             " coalesce((SELECT requests FROM org_api_requests_hourly"
@@ -99,7 +99,8 @@ async def gauges(conn: AsyncConnection, org_id: uuid.UUID) -> Gauges:
     """Modules, versions and stored bytes of the organization, counted now."""
     cur = await conn.execute(
         "SELECT (SELECT count(*) FROM modules WHERE org_id = %(org)s),"
-        " count(*), coalesce(sum(size_bytes), 0)::bigint FROM module_versions WHERE org_id = %(org)s",
+        " count(*), coalesce(sum(size_bytes), 0)::bigint"
+        " FROM module_versions WHERE org_id = %(org)s",
         {"org": org_id},
     )
     row = await cur.fetchone()
@@ -115,7 +116,8 @@ async def record_gauges(conn: AsyncConnection, org_id: uuid.UUID, month: dt.date
         " storage_bytes)"
         " SELECT %(org)s, %(month)s,"
         " (SELECT count(*) FROM modules WHERE org_id = %(org)s),"
-        " count(*), coalesce(sum(size_bytes), 0)::bigint FROM module_versions WHERE org_id = %(org)s"
+        " count(*), coalesce(sum(size_bytes), 0)::bigint"
+        " FROM module_versions WHERE org_id = %(org)s"
         " ON CONFLICT (org_id, period_start) DO UPDATE SET modules = EXCLUDED.modules,"
         " versions = EXCLUDED.versions, storage_bytes = EXCLUDED.storage_bytes",
         {"org": org_id, "month": month},

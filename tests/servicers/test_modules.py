@@ -18,9 +18,11 @@ import psycopg
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from spoke.v1 import module_pb2 as pb
 from spoke.v1 import organization_pb2
 
+from spoke_grpc.domain import modules as domain
 from spoke_grpc.types import Role
 from tests.conftest import Users
 from tests.harness import Client, RpcFailure, all_pages, failure
@@ -565,6 +567,34 @@ def test_list_versions_newest_first_without_contents(acme: Client) -> None:
     assert [v.version for v in versions] == [f"1.{i}.0" for i in reversed(range(12))]
     assert all(v.files and not v.files[0].content and v.files[0].size_bytes for v in versions)
     assert versions[0].files[0].path == "v11.proto"
+
+
+def test_list_versions_pages_stay_within_their_size_budget(
+    acme: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(4):
+        push(
+            acme,
+            "acme",
+            "core",
+            f"1.{i}.0",
+            {f"dir/file{j}.proto": proto(f"p{j}") for j in range(3)},
+        )
+    # Each version's listing is over the budget: a page still holds one, and the tokens
+    # continue after it.
+    monkeypatch.setattr(domain, "LIST_BUDGET_BYTES", 100)
+    pages = all_pages(
+        lambda token: acme.modules.ListVersions(
+            pb.ListVersionsRequest(org="acme", module="core", page_size=3, page_token=token)
+        ),
+        "versions",
+    )
+    assert [[v.version for v in page] for page in pages] == [
+        ["1.3.0"],
+        ["1.2.0"],
+        ["1.1.0"],
+        ["1.0.0"],
+    ]
 
 
 @pytest.mark.parametrize(
@@ -1300,14 +1330,74 @@ def test_hostile_values_are_refused_cleanly(
     )
     for value in NASTY_STRINGS:
         before = db.execute(state).fetchone()
+        label = f"{target}={value[:30]!r}"
         try:
             getattr(acme.modules, method)(build(value))
-            continue  # accepted (e.g. a description that is fine): nothing to check
-        except grpc.RpcError:
-            pass
-        error = failure(lambda v=value: getattr(acme.modules, method)(build(v)))
-        label = f"{target}={value[:30]!r}"
-        assert error.code not in BAD_CODES, label
-        assert error.error_info.reason, label
-        assert not any(marker in error.message for marker in LEAK_MARKERS), label
+            continue  # accepted (a description may be anything printable): nothing to check
+        except grpc.RpcError as exc:
+            code, message = exc.code(), exc.details() or ""  # type: ignore[attr-defined]
+            status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        assert code not in BAD_CODES, label
+        assert status is not None and status.details, label
+        assert not any(marker in message for marker in LEAK_MARKERS), label
         assert db.execute(state).fetchone() == before, label
+
+
+def test_same_org_dependents_block_deletion_too(acme: Client) -> None:
+    create_module(acme, "acme", "base")
+    create_module(acme, "acme", "app")
+    push(acme, "acme", "base", "1.0.0", BASE)
+    push(acme, "acme", "app", "1.0.0", USES_BASE, deps=[("acme", "base", "1.0.0")])
+    error = failure(lambda: delete(acme, "acme", "base"))
+    violation = error.detail(error_details_pb2.PreconditionFailure).violations[0]
+    assert violation.description.startswith(
+        "module 'base' has 1 dependent version(s): acme/app@1.0.0 (on 1.0.0)"
+    )
+    delete(acme, "acme", "base", force=True)
+
+
+def test_a_module_made_private_keeps_its_dependents_but_takes_no_new_ones(
+    dependents: Dependents,
+) -> None:
+    update(dependents.provider, "acme", "base", ["is_public"], is_public=False)
+    consumer = dependents.consumer
+    # What was pushed against it still reads (and still compiles as a dependency).
+    app = get_version(consumer, "globex", "app", "1.0.0")
+    assert [(d.module, d.deleted) for d in app.dependencies] == [("base", False)]
+    create_module(consumer, "globex", "next")
+    files = {"next/next.proto": proto("next", "message N { app.App a = 1; }", ["app/app.proto"])}
+    assert push(consumer, "globex", "next", "1.0.0", files, deps=[("globex", "app", "1.0.0")])
+    # A new direct dependency on it is refused like a missing module.
+    error = failure(
+        lambda: push(
+            consumer, "globex", "next", "2.0.0", USES_BASE, deps=[("acme", "base", "1.0.0")]
+        )
+    )
+    assert error.message == "dependency 'acme/base@1.0.0' not found"
+
+
+def test_a_delete_waits_for_a_push_in_flight_and_then_sees_its_edge(
+    acme: Client, users: Users, database_url: str
+) -> None:
+    create_module(acme, "acme", "base", is_public=True)
+    base = push(acme, "acme", "base", "1.0.0", BASE)
+    other = users.create()
+    create_org(other, "globex")
+    create_module(other, "globex", "app")
+    app = push(other, "globex", "app", "1.0.0", SIMPLE)
+    with psycopg.connect(database_url) as push_in_flight:
+        # What CreateVersion does with a dependency: read its module FOR SHARE, then (after
+        # compiling) write the edge, and commit.
+        push_in_flight.execute("SELECT 1 FROM modules WHERE name = 'base' AND is_public FOR SHARE")
+        with ThreadPoolExecutor(1) as pool:
+            deleting = pool.submit(code_of, lambda: delete(acme, "acme", "base"))
+            time.sleep(0.5)
+            assert not deleting.done()  # waiting for the push
+            push_in_flight.execute(
+                "INSERT INTO version_dependencies (org_id, version_id, position, dep_org_id,"
+                " dep_module_id, dep_version_id, dep_org_name, dep_module_name, dep_version)"
+                " VALUES (%s, %s, 0, %s, %s, %s, 'acme', 'base', '1.0.0')",
+                [app.org_id, app.id, base.org_id, base.module_id, base.id],
+            )
+            push_in_flight.commit()
+            assert deleting.result(timeout=30) == "FAILED_PRECONDITION"
