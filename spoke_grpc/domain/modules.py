@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from psycopg import AsyncConnection
 
 from spoke_grpc.compiler import Compiler, DependencyFiles, SourceFile
+from spoke_grpc.domain import quotas
 from spoke_grpc.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -154,6 +155,7 @@ async def create_module(
     violations.slug("name", new.name, kind="module")
     violations.text("description", new.description, max_length=MAX_DESCRIPTION)
     violations.raise_if_any()
+    await quotas.reserve_module(conn, org)
     module = await store.insert_module(
         conn,
         org_id=org.id,
@@ -163,6 +165,7 @@ async def create_module(
         breaking_change_policy=new.breaking_change_policy.value,
         created_by=principal.user_id,
     )
+    await quotas.record_gauges(conn, org)
     await _audit(conn, method, principal, org, _target(org, module))
     return module
 
@@ -241,6 +244,7 @@ async def delete_module(
             f" the admin role in organization {org.name!r}"
         )
     versions = await store.delete_module(conn, org.id, module.id)
+    await quotas.record_gauges(conn, org)
     note = f" (force, {found[0].total} dependents)" if found else ""
     await _audit(
         conn, method, principal, org, f"{_target(org, module)} ({versions} versions){note}"
@@ -419,12 +423,17 @@ async def create_version(
     key = version_store.version_key(new.version)
     if await version_store.exists(conn, org.id, module.id, key):
         raise AlreadyExists("version", label)
+    files = [NewFile(f.path, f.content, len(f.content.encode())) for f in new.files]
+    size = sum(f.size_bytes for f in files)
+    # Refused before any compile work; checked again under the org's quota lock, held only
+    # from there to the commit, so that concurrent pushes cannot pass the limits together.
+    await quotas.check_version(conn, org, module.id, size)
     resolved = await _resolve_dependencies(conn, org, module, new.dependencies)
     dependency_files = await _dependency_files(conn, resolved)
     problems = await compiler.check(new.files, dependency_files)
     if problems:
         raise InvalidArgument(problems)
-    files = [NewFile(f.path, f.content, len(f.content.encode())) for f in new.files]
+    await quotas.reserve_version(conn, org, module.id, size)
     row = await version_store.insert_version(
         conn,
         org_id=org.id,
@@ -437,6 +446,7 @@ async def create_version(
         source=(new.source.repository, new.source.commit_sha.lower(), new.source.branch),
         created_by=principal.user_id,
     )
+    await quotas.record_gauges(conn, org)
     await _audit(conn, method, principal, org, f"{_target(org, module)}/versions/{new.version}")
     listed = sorted(files, key=lambda f: f.path.encode())
     return VersionView(

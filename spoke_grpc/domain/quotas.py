@@ -24,7 +24,6 @@ from spoke_grpc.store import audit, organizations, quotas, usage
 from spoke_grpc.store.quotas import QuotaRow
 from spoke_grpc.tiers import QuotaTier
 from spoke_grpc.types import OrgContext, Principal
-from spoke_grpc.usage import month_start
 
 
 @dataclass(frozen=True)
@@ -82,8 +81,22 @@ async def reserve_module(conn: AsyncConnection, org: OrgContext) -> None:
 async def reserve_version(
     conn: AsyncConnection, org: OrgContext, module_id: uuid.UUID, size_bytes: int
 ) -> None:
-    """Raises unless one more version of the module, of ``size_bytes``, fits."""
-    limits = (await quotas.get_quotas(conn, org.id, lock=True)).limits
+    """Raises unless one more version of the module, of ``size_bytes``, fits; holds the
+    org's quota lock to the end of the transaction, so call it just before the insert."""
+    await check_version(conn, org, module_id, size_bytes, lock=True)
+
+
+async def check_version(
+    conn: AsyncConnection,
+    org: OrgContext,
+    module_id: uuid.UUID,
+    size_bytes: int,
+    *,
+    lock: bool = False,
+) -> None:
+    """Raises unless one more version of the module, of ``size_bytes``, fits (without the
+    lock: an early answer before expensive work; ``reserve_version`` decides)."""
+    limits = (await quotas.get_quotas(conn, org.id, lock=lock)).limits
     if limits.max_versions_per_module is not None:
         cur = await conn.execute(
             "SELECT count(*) FROM module_versions WHERE org_id = %s AND module_id = %s",
@@ -109,9 +122,9 @@ async def reserve_version(
             )
 
 
-async def record_gauges(conn: AsyncConnection, org: OrgContext, now: dt.datetime) -> None:
+async def record_gauges(conn: AsyncConnection, org: OrgContext) -> None:
     """Stores the org's live gauges on this month's usage record (after they changed)."""
-    await usage.record_gauges(conn, org.id, month_start(now).date())
+    await usage.record_gauges(conn, org.id)
 
 
 def check_api_rate(org: OrgContext, requests_this_hour: int, now: dt.datetime) -> None:

@@ -109,18 +109,18 @@ async def gauges(conn: AsyncConnection, org_id: uuid.UUID) -> Gauges:
     return Gauges(int(row[0]), int(row[1]), int(row[2]))
 
 
-async def record_gauges(conn: AsyncConnection, org_id: uuid.UUID, month: dt.date) -> None:
-    """Stores the live gauges on the month's record (after a change to them)."""
+async def record_gauges(conn: AsyncConnection, org_id: uuid.UUID) -> None:
+    """Stores the live gauges on this UTC month's record (after a change to them)."""
     await conn.execute(
         "INSERT INTO org_usage_periods AS p (org_id, period_start, modules, versions,"
         " storage_bytes)"
-        " SELECT %(org)s, %(month)s,"
+        " SELECT %(org)s, date_trunc('month', now())::date,"
         " (SELECT count(*) FROM modules WHERE org_id = %(org)s),"
         " count(*), coalesce(sum(size_bytes), 0)::bigint"
         " FROM module_versions WHERE org_id = %(org)s"
         " ON CONFLICT (org_id, period_start) DO UPDATE SET modules = EXCLUDED.modules,"
         " versions = EXCLUDED.versions, storage_bytes = EXCLUDED.storage_bytes",
-        {"org": org_id, "month": month},
+        {"org": org_id},
     )
 
 

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2
+from spoke.v1 import module_pb2 as mpb
 from spoke.v1 import organization_pb2 as opb
 from spoke.v1 import quota_pb2 as qpb
 
@@ -405,3 +407,137 @@ def test_viewers_see_usage_and_only_charged_calls_count(
     failure(get(stranger, "watched"))  # not a member: refused, not charged
     after = viewer.quotas.GetUsage(qpb.GetUsageRequest(org="watched")).usage
     assert after.api_requests_this_hour == before.api_requests_this_hour + 1
+
+
+# --- allocation quotas --------------------------------------------------------------------
+
+
+def create_module(client: Client, org: str, name: str) -> Any:
+    return client.modules.CreateModule(mpb.CreateModuleRequest(org=org, name=name))
+
+
+def push(client: Client, org: str, module: str, version: str, content: str) -> Any:
+    return client.modules.CreateVersion(
+        mpb.CreateVersionRequest(
+            org=org,
+            module=module,
+            version=version,
+            files=[mpb.ProtoFile(path="a.proto", content=content)],
+        )
+    )
+
+
+def proto_of(size: int) -> str:
+    """A valid proto file of exactly ``size`` bytes."""
+    head = 'syntax = "proto3";\n'
+    assert size >= len(head) + 3
+    return head + "//" + "x" * (size - len(head) - 3) + "\n"
+
+
+def test_module_quota_at_its_boundary(admin: Client, users: Users) -> None:
+    owner = users.create()
+    owner.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="few"))
+    update(admin, "few", ["max_modules"], max_modules=2)
+    create_module(owner, "few", "one")
+    create_module(owner, "few", "two")  # limit - 1 and limit
+    error = failure(lambda: create_module(owner, "few", "three"))
+    assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.message == "module quota exceeded: 2 of 2 used"
+    assert error.error_info.reason == "RESOURCE_QUOTA_EXCEEDED"
+    assert dict(error.error_info.metadata) == {"quota": "module", "limit": "2", "current": "2"}
+    assert error.detail(error_details_pb2.QuotaFailure).violations[0].subject == "organizations/few"
+    with pytest.raises(AssertionError):
+        error.detail(error_details_pb2.RetryInfo)  # not a rate window: no retry time
+    owner.modules.DeleteModule(mpb.DeleteModuleRequest(org="few", module="one"))
+    create_module(owner, "few", "three")  # room again
+
+
+def test_the_unlimited_tier_has_no_module_limit(admin: Client, users: Users) -> None:
+    owner = users.create()
+    owner.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="vast"))
+    update(admin, "vast", ["tier"], tier=opb.QUOTA_TIER_UNLIMITED)
+    for i in range(12):  # more than the small tier's 10
+        create_module(owner, "vast", f"mod-{i:02d}")
+
+
+def test_versions_and_storage_quotas(admin: Client, users: Users) -> None:
+    owner = users.create()
+    owner.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="stored"))
+    create_module(owner, "stored", "schemas")
+    update(admin, "stored", ["max_versions_per_module"], max_versions_per_module=2)
+    push(owner, "stored", "schemas", "1.0.0", proto_of(60))
+    push(owner, "stored", "schemas", "1.0.1", proto_of(60))
+    error = failure(lambda: push(owner, "stored", "schemas", "1.0.2", proto_of(60)))
+    assert error.message == "versions per module quota exceeded: 2 of 2 used"
+    update(admin, "stored", ["max_versions_per_module", "max_storage_bytes"], max_storage_bytes=150)
+    error = failure(lambda: push(owner, "stored", "schemas", "1.0.2", proto_of(31)))
+    assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.message == "storage bytes quota exceeded: 120 of 150 used"
+    push(owner, "stored", "schemas", "1.0.2", proto_of(30))  # exactly the limit
+    usage = owner.quotas.GetUsage(qpb.GetUsageRequest(org="stored")).usage
+    assert (usage.modules, usage.versions, usage.storage_bytes) == (1, 3, 150)
+
+
+def concurrent_creates(clients: list[Client], org: str, count: int) -> list[str]:
+    def attempt(i: int) -> str:
+        try:
+            create_module(clients[i % len(clients)], org, f"race-{i:02d}")
+        except grpc.RpcError as exc:
+            return str(exc.code().name)
+        return "OK"
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(attempt, range(count)))
+
+
+def test_fifty_concurrent_creates_against_a_limit_of_ten(
+    admin: Client, users: Users, db: psycopg.Connection[Any]
+) -> None:
+    owner = users.create()
+    owner.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="racers"))
+    outcomes = concurrent_creates([owner], "racers", 50)
+    assert outcomes.count("OK") == 10
+    assert outcomes.count("RESOURCE_EXHAUSTED") == 40
+    assert db.execute(
+        "SELECT count(*) FROM modules m JOIN organizations o ON o.id = m.org_id"
+        " WHERE o.name = 'racers'"
+    ).fetchone() == (10,)
+
+
+def test_fifty_concurrent_creates_across_two_server_processes(
+    own_database: str, tmp_path: Path
+) -> None:
+    first = Deployment(own_database, tmp_path / "token")
+    second = Deployment(own_database, tmp_path / "token")
+    try:
+        first.admin.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="spread"))
+        outcomes = concurrent_creates([first.admin, second.admin], "spread", 50)
+        assert (outcomes.count("OK"), outcomes.count("RESOURCE_EXHAUSTED")) == (10, 40)
+        listed = first.admin.modules.ListModules(mpb.ListModulesRequest(org="spread")).modules
+        assert len(listed) == 10
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_gauges_carry_into_new_months(own_database: str, tmp_path: Path) -> None:
+    clock = FakeClock(dt.datetime(2030, 3, 15, 12, 0, tzinfo=dt.UTC))
+    deployment = Deployment(own_database, tmp_path / "token", clock=clock)
+    try:
+        client = deployment.admin
+        client.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="steady"))
+        create_module(client, "steady", "kept")
+        create_module(client, "steady", "also-kept")
+        history = client.quotas.GetUsageHistory(
+            qpb.GetUsageHistoryRequest(org="steady", page_size=2)
+        )
+        # March 2030 (live) and February 2030: two modules in each, nothing reset.
+        assert [p.modules for p in history.periods] == [2, 2]
+        rest = client.quotas.GetUsageHistory(
+            qpb.GetUsageHistoryRequest(org="steady", page_token=history.next_page_token)
+        )
+        months = [p.period_start.ToDatetime(dt.UTC) for p in [*history.periods, *rest.periods]]
+        assert months == sorted(months, reverse=True)
+        assert len(months) == len(set(months)) >= 24
+    finally:
+        deployment.stop()
