@@ -38,7 +38,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from psycopg import sql
-from spoke.v1 import organization_pb2, user_pb2
+from spoke.v1 import module_pb2, organization_pb2, user_pb2
 
 from spoke_grpc.policy import services
 from spoke_grpc.types import Role
@@ -479,6 +479,31 @@ class World:
             "DELETE FROM organization_members WHERE org_id = %s AND user_id = %s",
             [pool.org_id, pool.stranger_id],
         )
+        module = self.db.execute(
+            "SELECT 1 FROM modules WHERE org_id = %s AND name = 'fuzz-mod'", [pool.org_id]
+        ).fetchone()
+        if module is None:
+            create_fuzz_module(owner, pool.org_name)
+
+
+def create_fuzz_module(owner: Client, org: str) -> None:
+    """A public module with one version, so module and version calls get past NOT_FOUND."""
+    owner.modules.CreateModule(
+        module_pb2.CreateModuleRequest(org=org, name="fuzz-mod", is_public=True)
+    )
+    owner.modules.CreateVersion(
+        module_pb2.CreateVersionRequest(
+            org=org,
+            module="fuzz-mod",
+            version="v1.0.0",
+            files=[
+                module_pb2.ProtoFile(
+                    path="fuzz/a.proto",
+                    content='syntax = "proto3";\npackage fuzz;\nmessage A { string a = 1; }\n',
+                )
+            ],
+        )
+    )
 
 
 @pytest.fixture
@@ -487,6 +512,7 @@ def world(admin: Client, anonymous: Client, users: Users, db: psycopg.Connection
     org = owner.orgs.CreateOrganization(organization_pb2.CreateOrganizationRequest(name="fuzz-org"))
     stranger.orgs.CreateOrganization(organization_pb2.CreateOrganizationRequest(name="other-org"))
     users.join(org.organization.id, viewer, Role.VIEWER)
+    create_fuzz_module(owner, "fuzz-org")
     # Spare tokens give RevokeApiToken real ids to revoke without locking a caller out.
     spare = [
         c.users.CreateApiToken(user_pb2.CreateApiTokenRequest(description="spare")).api_token.id
