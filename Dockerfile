@@ -18,5 +18,9 @@ ENV SPOKE_LISTEN=0.0.0.0:50051 \
 
 USER spoke
 EXPOSE 50051
+# Healthy only while the server answers SERVING (it follows the database; see README
+# "Probes"). SPOKE_LISTEN's wildcard host is probed on loopback.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["spoke-grpc", "health", "--timeout", "3"]
 # DATABASE_URL comes from the environment; without it the embedded PostgreSQL is used.
 CMD ["spoke-grpc", "serve"]

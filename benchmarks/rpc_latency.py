@@ -7,6 +7,9 @@ PostgreSQL in a temporary directory), then times sequential calls from this proc
 - ``UserService/GetCurrentUser`` (auth interceptor + one query)
 - ``OrganizationService/GetOrganization`` (auth + org context + one query)
 - ``OrganizationService/UpdateOrganization`` (a write with its audit event)
+- ``ModuleService/CompileVersion`` (Python code for a 20-message file): answered from the
+  build cache (reads digests, counts the compile job, records it) and, once per version
+  over up to 50 freshly pushed versions, compiled by protoc in the worker pool
 
 Ratios, not absolute times, are the figures to compare: these machines are shared.
 Usage: ``make bench`` (or ``python benchmarks/rpc_latency.py --calls 2000``).
@@ -31,7 +34,14 @@ import psycopg
 from google.protobuf.field_mask_pb2 import FieldMask
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
-from spoke.v1 import organization_pb2, organization_pb2_grpc, user_pb2, user_pb2_grpc
+from spoke.v1 import (
+    module_pb2,
+    module_pb2_grpc,
+    organization_pb2,
+    organization_pb2_grpc,
+    user_pb2,
+    user_pb2_grpc,
+)
 
 from spoke_grpc.database import with_database
 
@@ -52,6 +62,56 @@ def timed(call: Callable[[], Any], calls: int) -> list[float]:
         call()
         samples.append(time.perf_counter() - start)
     return samples
+
+
+def compile_scenarios(
+    channel: grpc.Channel, metadata: list[tuple[str, str]], calls: int
+) -> tuple[Callable[[], Any], list[float]]:
+    """A cached CompileVersion call, and the latencies of first compiles of fresh versions."""
+    orgs = organization_pb2_grpc.OrganizationServiceStub(channel)
+    modules = module_pb2_grpc.ModuleServiceStub(channel)
+    # Unlimited: the run makes more compile jobs than the small tier's month allows.
+    orgs.CreateOrganization(
+        organization_pb2.CreateOrganizationRequest(
+            name="bench-compile", quota_tier=organization_pb2.QUOTA_TIER_UNLIMITED
+        ),
+        metadata=metadata,
+    )
+    modules.CreateModule(
+        module_pb2.CreateModuleRequest(org="bench-compile", name="schemas"), metadata=metadata
+    )
+    body = "\n".join(
+        f"message M{i} {{ string id = 1; int64 at = 2; repeated string tags = 3; }}"
+        for i in range(20)
+    )
+    fresh = [f"1.0.{i}" for i in range(min(calls, 50) + 1)]
+    for i, version in enumerate(fresh):
+        content = f'syntax = "proto3";\npackage bench.v{i};\n{body}\n'
+        modules.CreateVersion(
+            module_pb2.CreateVersionRequest(
+                org="bench-compile",
+                module="schemas",
+                version=version,
+                files=[module_pb2.ProtoFile(path="bench/schemas.proto", content=content)],
+            ),
+            metadata=metadata,
+        )
+
+    def compile_version(version: str) -> Any:
+        return modules.CompileVersion(
+            module_pb2.CompileVersionRequest(
+                org="bench-compile", module="schemas", version=version, languages=["python"]
+            ),
+            metadata=metadata,
+        )
+
+    compile_version(fresh[0])  # the worker processes start on first use
+    uncached = []
+    for version in fresh[1:]:
+        start = time.perf_counter()
+        compile_version(version)
+        uncached.append(time.perf_counter() - start)
+    return (lambda: compile_version(fresh[0])), uncached
 
 
 def main() -> int:
@@ -113,6 +173,9 @@ def main() -> int:
             "UpdateOrganization": lambda: orgs.UpdateOrganization(update, metadata=metadata),
         }
         results = {name: timed(call, args.calls) for name, call in scenarios.items()}
+        cached, uncached = compile_scenarios(channel, metadata, args.calls)
+        results["CompileVersion (cached)"] = timed(cached, args.calls)
+        results["CompileVersion (protoc)"] = uncached
     finally:
         server.terminate()
         server.wait(30)
@@ -131,7 +194,10 @@ def main() -> int:
         p50 = statistics.median(samples)
         p99 = samples[int(len(samples) * 0.99) - 1]
         print(f"{name:<26} {p50 * 1e3:8.3f} {p99 * 1e3:8.3f} {p50 / base:15.2f}")
-    print(f"({args.calls} sequential calls each, after 200 warm-up calls)")
+    print(
+        f"({args.calls} sequential calls each, after 200 warm-up calls; CompileVersion (protoc):"
+        f" {len(results['CompileVersion (protoc)'])} first compiles, one per version)"
+    )
     return 0
 
 

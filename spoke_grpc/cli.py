@@ -1,4 +1,4 @@
-"""The ``spoke-grpc`` command: serve, migrate, users create.
+"""The ``spoke-grpc`` command: serve, migrate, users create, health.
 
 Errors a person can fix (bad settings, bad input, an unreachable database) are one
 line on stderr and exit code 1; no tracebacks.
@@ -12,15 +12,18 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import grpc
 import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg_pool import PoolTimeout
 from yoyo.connections import BadConnectionURI
 
-from spoke_grpc import migrations
+from spoke_grpc import logs, migrations, tracing, workers
 from spoke_grpc.bootstrap import BootstrapError, ensure_bootstrap_admin
 from spoke_grpc.config import ConfigError, Settings
-from spoke_grpc.database import is_unavailable
+from spoke_grpc.database import connect, is_unavailable
 from spoke_grpc.domain.users import NewUser, create_user
 from spoke_grpc.embedded import start_embedded
 from spoke_grpc.errors import SpokeError
@@ -38,11 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
-        logging.basicConfig(
-            level=settings.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        logs.configure(settings.log_level, settings.log_format)
         logging.getLogger("yoyo").setLevel(logging.WARNING)
         code: int = args.run(args, settings)
         return code
@@ -65,6 +64,8 @@ def _error_message(exc: Exception) -> str | None:
     if isinstance(exc, BadConnectionURI):
         return f"bad DATABASE_URL: {_first_line(exc)}"
     if is_unavailable(exc) or isinstance(exc, PoolTimeout):  # the pool could not open
+        if "unsupported startup parameter" in str(exc):  # pgbouncer refuses libpq options
+            return f"{_first_line(exc)}; behind pgbouncer set SPOKE_STARTUP_OPTIONS=false"
         return f"database unavailable: {_first_line(exc)}"
     if isinstance(exc, psycopg.ProgrammingError) and exc.sqlstate is None:
         # Raised by psycopg itself, before any query: e.g. a connection string libpq refuses.
@@ -83,6 +84,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-migrate", action="store_true", help="do not apply pending migrations at start"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N server processes sharing the port (SO_REUSEPORT), supervised",
+    )
+    # One of the processes of --workers: shares the port; the supervisor did the bootstrap.
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    # A worker's metrics go to this unix socket, for the supervisor to serve.
+    serve.add_argument("--metrics-socket", type=Path, help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
     migrate = commands.add_parser("migrate", help="apply or roll back database migrations")
@@ -105,6 +117,20 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--display-name", default="")
     create.add_argument("--admin", action="store_true", help="make the user a platform admin")
     create.set_defaults(run=_users_create)
+
+    health = commands.add_parser(
+        "health", help="exit 0 if the server answers SERVING, else 1 (for container probes)"
+    )
+    health.add_argument(
+        "--address", help="host:port to ask (default: SPOKE_LISTEN, a wildcard host as loopback)"
+    )
+    health.add_argument(
+        "--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)"
+    )
+    health.add_argument(
+        "--service", default="", help="grpc.health.v1 service name (default: the whole server)"
+    )
+    health.set_defaults(run=_health)
     return parser
 
 
@@ -123,43 +149,65 @@ def _database_url(settings: Settings) -> str:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     url = _database_url(settings)
+    direct = settings.direct_url(url)  # yoyo's lock and DDL need a session of their own
     if settings.auto_migrate and not args.no_migrate:
-        applied = migrations.apply(url, settings.migrations_dir)
+        applied = migrations.apply(direct, settings.migrations_dir)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
     else:
-        pending = migrations.pending(url, settings.migrations_dir)
+        pending = migrations.pending(direct, settings.migrations_dir)
         if pending:
             why = "--no-migrate" if args.no_migrate else "SPOKE_AUTO_MIGRATE=false"
             raise CommandError(
                 f"the database has {len(pending)} pending migration(s) ({', '.join(pending)})"
                 f" and {why} keeps serve from applying them; run 'spoke-grpc migrate' first"
             )
-    return asyncio.run(_run_server(settings, url, args.listen))
-
-
-async def _run_server(settings: Settings, url: str, listen: str | None) -> int:
-    server = SpokeServer(settings, url)
-    port = await server.start(listen)
-    try:
-        token_file = await ensure_bootstrap_admin(server.pool, settings.token_file)
-    except BaseException:
-        await server.stop(0)
-        raise
-    if token_file is not None:
-        print(f"bootstrap platform-admin token written to {token_file} (mode 0600)", flush=True)
-    else:
-        log.info("users exist; no bootstrap admin created (see 'spoke-grpc users create')")
-    print(
-        f"spoke-grpc serving on {(listen or settings.listen).rsplit(':', 1)[0]}:{port}", flush=True
+    if args.workers < 0:
+        raise CommandError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers:
+        return workers.supervise(settings, url, args.listen or settings.listen, args.workers)
+    return asyncio.run(
+        _run_server(
+            settings, url, args.listen, worker=args.worker, metrics_socket=args.metrics_socket
+        )
     )
+
+
+async def _run_server(
+    settings: Settings,
+    url: str,
+    listen: str | None,
+    *,
+    worker: bool,
+    metrics_socket: Path | None = None,
+) -> int:
+    traces = tracing.provider_from_env()  # None unless OTEL_* settings ask for traces
+    server = SpokeServer(
+        settings, url, tracer_provider=traces, reuse_port=worker, metrics_socket=metrics_socket
+    )
+    port = await server.start(listen)
+    # Before saying it serves: a SIGTERM right after that line must drain, not kill.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if not worker:  # a worker's supervisor made the bootstrap admin and reports the address
+        try:
+            token_file = await ensure_bootstrap_admin(server.pool, settings.token_file)
+        except BaseException:
+            await server.stop(0)
+            raise
+        if token_file is not None:
+            print(f"bootstrap platform-admin token written to {token_file} (mode 0600)", flush=True)
+        else:
+            log.info("users exist; no bootstrap admin created (see 'spoke-grpc users create')")
+        host = (listen or settings.listen).rsplit(":", 1)[0]
+        print(f"spoke-grpc serving on {host}:{port}", flush=True)
     await stop.wait()
     log.info("signal received; shutting down within %.1fs", settings.shutdown_grace_seconds)
     await server.stop()
+    if traces is not None:
+        await asyncio.to_thread(traces.shutdown)  # exports the last spans
     return 0
 
 
@@ -169,7 +217,7 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
             "--rollback-all rolls back every migration, dropping every table and all its data;"
             " pass --yes to confirm (nothing was rolled back)"
         )
-    url = _database_url(settings)
+    url = settings.direct_url(_database_url(settings))
     if args.list:
         for migration_id in migrations.pending(url, settings.migrations_dir):
             print(migration_id)
@@ -185,17 +233,17 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _users_create(args: argparse.Namespace, settings: Settings) -> int:
-    url = _database_url(settings)
+    url = settings.direct_url(_database_url(settings))
     if migrations.pending(url, settings.migrations_dir):
         raise CommandError("the database has pending migrations; run 'spoke-grpc migrate' first")
-    token = asyncio.run(_create_user(url, args))
+    token = asyncio.run(_create_user(url, settings, args))
     print(token)
     return 0
 
 
-async def _create_user(url: str, args: argparse.Namespace) -> str:
+async def _create_user(url: str, settings: Settings, args: argparse.Namespace) -> str:
     new = NewUser(email=args.email, display_name=args.display_name, is_admin=args.admin)
-    async with await psycopg.AsyncConnection.connect(url) as conn:
+    async with await connect(url, settings) as conn:
         created = await create_user(conn, new, actor_id=None, method="cli:users create")
     print(
         f"created user {created.user.email} ({created.user.id})"
@@ -203,6 +251,34 @@ async def _create_user(url: str, args: argparse.Namespace) -> str:
         file=sys.stderr,
     )
     return created.token.value
+
+
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    address = args.address or _loopback(settings.listen)
+    request = health_pb2.HealthCheckRequest(service=args.service)
+    with grpc.insecure_channel(address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            if code is grpc.StatusCode.NOT_FOUND:
+                raise CommandError(f"{address} does not know service {args.service!r}") from None
+            reason = code.name if code is not None else type(exc).__name__
+            raise CommandError(f"{address} did not answer a health check: {reason}") from None
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        raise CommandError(f"{address} is {status}")
+    return 0
+
+
+def _loopback(listen: str) -> str:
+    """``listen`` with a wildcard host replaced by loopback: where a local probe connects."""
+    host, _, port = listen.rpartition(":")
+    if host in ("", "0.0.0.0", "*"):
+        return f"127.0.0.1:{port}"
+    if host in ("[::]", "::"):
+        return f"[::1]:{port}"
+    return listen
 
 
 def _first_line(exc: BaseException) -> str:

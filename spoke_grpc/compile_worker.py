@@ -2,9 +2,11 @@
 
 Kept to the standard library and ``grpc_tools`` (no grpc, no database): the compiler's pool
 starts its workers with ``spawn``, and each worker forks a child per compile. The child runs
-grpcio-tools' protoc in-process under an alarm, so a compile that runs too long is killed
-cleanly (protoc cannot be interrupted from Python) and a protoc crash takes only the child
-down; the worker stays healthy and removes the directory whatever happened.
+grpcio-tools' protoc in-process under an interval timer, so a compile that runs too long is
+killed cleanly (protoc cannot be interrupted from Python) and a protoc crash takes only the
+child down; the worker stays healthy and removes the directory whatever happened. Every
+compile has a directory of its own (inputs under ``src/``, generated code under ``out/``),
+so concurrent compiles never see each other's files.
 """
 
 from __future__ import annotations
@@ -31,22 +33,34 @@ _MAX_ROUNDS = 5
 
 @dataclass(frozen=True)
 class ProtocJob:
-    """Files to lay out (path → text), the paths to compile, and the time limit."""
+    """Files to lay out (path → text), the paths to compile, and the time limit.
+
+    ``descriptor_set``: return the ``FileDescriptorSet`` of the inputs and their imports
+    (with ``source_info``: with their comments and locations too); ``generators``: protoc
+    generators to run (``python`` for ``--python_out``, …), each into a directory of its own.
+    """
 
     files: tuple[tuple[str, str], ...]
     inputs: tuple[str, ...]
-    time_limit_seconds: int
+    time_limit_seconds: float
     descriptor_set: bool = False
+    source_info: bool = False
+    generators: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ProtocOutcome:
-    """How protoc ended: ``exit_code`` (None when it was killed), its stderr, its output."""
+    """How protoc ended: ``exit_code`` (None when it was killed), its stderr, its output.
+
+    ``generated`` holds ``(generator, path, content)`` for each file a generator wrote, by
+    generator and path.
+    """
 
     exit_code: int | None
     timed_out: bool
     stderr: str
     descriptor_set: bytes = b""
+    generated: tuple[tuple[str, str, str], ...] = ()
 
 
 def run_protoc(job: ProtocJob) -> ProtocOutcome:
@@ -64,12 +78,15 @@ def run_protoc(job: ProtocJob) -> ProtocOutcome:
             target.write_text(content, encoding="utf-8")
         output = Path(tmp) / "descriptors.pb"
         errors = Path(tmp) / "stderr.txt"
+        generated = Path(tmp) / "out"
+        for generator in job.generators:
+            (generated / generator).mkdir(parents=True)
         deadline = time.monotonic() + job.time_limit_seconds
         inputs = list(job.inputs)
         reports: list[str] = []
         first_failure: int | None = None
         for _ in range(_MAX_ROUNDS):
-            remaining = math.ceil(deadline - time.monotonic())
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             args = [
@@ -78,6 +95,8 @@ def run_protoc(job: ProtocJob) -> ProtocOutcome:
                 f"--proto_path={WELL_KNOWN_TYPES}",
                 f"--descriptor_set_out={output}",
                 "--include_imports",
+                *(["--include_source_info"] if job.source_info else []),
+                *(f"--{g}_out={generated / g}" for g in job.generators),
                 *inputs,
             ]
             status = _fork_protoc(root, errors, args, remaining)
@@ -97,7 +116,11 @@ def run_protoc(job: ProtocJob) -> ProtocOutcome:
                 if first_failure is None:
                     descriptors = output.read_bytes() if job.descriptor_set else b""
                     return ProtocOutcome(
-                        exit_code=0, timed_out=False, stderr=report, descriptor_set=descriptors
+                        exit_code=0,
+                        timed_out=False,
+                        stderr=report,
+                        descriptor_set=descriptors,
+                        generated=_generated(generated, job.generators),
                     )
                 break
             first_failure = code if first_failure is None else first_failure
@@ -111,7 +134,18 @@ def run_protoc(job: ProtocJob) -> ProtocOutcome:
         return ProtocOutcome(exit_code=first_failure, timed_out=False, stderr="".join(reports))
 
 
-def _fork_protoc(root: Path, errors: Path, args: list[str], time_limit: int) -> int:
+def _generated(root: Path, generators: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
+    """What each generator wrote under ``root/<generator>/``, by generator and path."""
+    found: list[tuple[str, str, str]] = []
+    for generator in generators:
+        base = root / generator
+        for path in sorted(p for p in base.rglob("*") if p.is_file()):
+            relative = path.relative_to(base).as_posix()
+            found.append((generator, relative, path.read_text(encoding="utf-8")))
+    return tuple(found)
+
+
+def _fork_protoc(root: Path, errors: Path, args: list[str], time_limit: float) -> int:
     """Runs protoc in a forked child; returns its wait status."""
     pid = os.fork()
     if pid == 0:  # the child: never returns
@@ -120,18 +154,20 @@ def _fork_protoc(root: Path, errors: Path, args: list[str], time_limit: int) -> 
     return status
 
 
-def _child(root: Path, errors: Path, args: list[str], time_limit: int) -> None:
+def _child(root: Path, errors: Path, args: list[str], time_limit: float) -> None:
     code = 70  # EX_SOFTWARE, should anything below raise
     try:
         fd = os.open(errors, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.chdir(root)
-        # The alarm bounds wall time; the CPU limit backs it up; the file limit bounds output.
-        resource.setrlimit(resource.RLIMIT_CPU, (time_limit + 1, time_limit + 2))
+        # The timer (SIGALRM) bounds wall time; the CPU limit backs it up; the file limit
+        # bounds output.
+        cpu = math.ceil(time_limit) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         resource.setrlimit(resource.RLIMIT_FSIZE, (_MAX_OUTPUT_BYTES, _MAX_OUTPUT_BYTES))
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.alarm(time_limit)
+        signal.setitimer(signal.ITIMER_REAL, time_limit)
         code = protoc.main(args)
     finally:
         os._exit(code)

@@ -15,6 +15,7 @@ from psycopg.conninfo import conninfo_to_dict
 from spoke_grpc.tiers import QuotaTier
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_PREPARE_THRESHOLD = 5  # psycopg's own
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL_SCHEMES = ("postgresql", "postgres")
 _URL_EXAMPLE = "postgresql://user:pass@host:5432/db"
@@ -30,9 +31,15 @@ class Settings:
     """Everything the service reads from its environment.
 
     ``database_url`` is ``None`` for the embedded PostgreSQL under ``data_dir``.
+    ``direct_database_url`` is for what needs a session of its own (migrations, the
+    health probe, the mailer, LISTEN), past a transaction-pooling pgbouncer; ``None`` means
+    ``database_url``. ``prepare_threshold`` is psycopg's (``None``: never prepare).
     """
 
     database_url: str | None = None
+    direct_database_url: str | None = None
+    prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD
+    startup_options: bool = True
     listen: str = DEFAULT_LISTEN
     data_dir: Path = Path(".spoke")
     default_quota_tier: QuotaTier = QuotaTier.SMALL
@@ -48,14 +55,32 @@ class Settings:
     log_level: str = "INFO"
     statement_timeout_seconds: float = 30.0
     compile_workers: int = 2
+    # Compiles that may wait for a worker beyond those running (None: twice the workers);
+    # seconds one may run; and the build cache's bounds (spoke_grpc.compiler).
+    compile_queue: int | None = None
+    compile_time_limit_seconds: float = 20.0
+    compile_cache_entries: int = 256
+    compile_cache_bytes: int = 128 * 2**20
     invitation_ttl_hours: float = 168.0
     smtp_url: str | None = None
     email_from: str = "spoke@localhost"
     email_interval_seconds: float = 1.0
+    # Operating (README "Operating"): metrics address (None: off), log format, overload cap
+    # (0: none) and HTTP/2 connection lifetime and keepalive (0: grpc's default).
+    metrics_listen: str | None = None
+    log_format: str = "text"
+    max_concurrent_calls: int = 100
+    max_connection_age_seconds: float = 300.0
+    max_connection_age_grace_seconds: float = 30.0
+    keepalive_time_seconds: float = 60.0
 
     @property
     def token_file(self) -> Path:
         return self.bootstrap_token_file or self.data_dir / "bootstrap-token"
+
+    def direct_url(self, database_url: str) -> str:
+        """The URL for connections that need a session of their own, given the pool's URL."""
+        return self.direct_database_url or database_url
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -92,8 +117,24 @@ class Settings:
         auto_migrate = env.get("SPOKE_AUTO_MIGRATE", "true").strip().lower()
         if auto_migrate not in {"true", "false", "1", "0", "yes", "no"}:
             raise ConfigError(f"SPOKE_AUTO_MIGRATE must be true or false, got {auto_migrate!r}")
+        database_url = check_database_url(env.get("DATABASE_URL") or None)
+        direct_url = check_database_url(
+            env.get("SPOKE_DIRECT_DATABASE_URL") or None, name="SPOKE_DIRECT_DATABASE_URL"
+        )
+        if direct_url and not database_url:
+            raise ConfigError(
+                "SPOKE_DIRECT_DATABASE_URL is set but DATABASE_URL is not: set DATABASE_URL"
+                " (e.g. the pgbouncer address) too, or unset both for the embedded PostgreSQL"
+            )
+        startup_raw = env.get("SPOKE_STARTUP_OPTIONS") or "true"
+        startup_options = _BOOLEANS.get(startup_raw.strip().lower())
+        if startup_options is None:
+            raise ConfigError(f"SPOKE_STARTUP_OPTIONS must be true or false, got {startup_raw!r}")
         return cls(
-            database_url=check_database_url(env.get("DATABASE_URL") or None),
+            database_url=database_url,
+            direct_database_url=direct_url,
+            prepare_threshold=parse_prepare_threshold(env.get("SPOKE_PREPARE_THRESHOLD")),
+            startup_options=startup_options,
             listen=env.get("SPOKE_LISTEN") or defaults.listen,
             data_dir=Path(env.get("SPOKE_DATA_DIR") or defaults.data_dir),
             default_quota_tier=tier,
@@ -117,6 +158,20 @@ class Settings:
             compile_workers=int(
                 number("SPOKE_COMPILE_WORKERS", defaults.compile_workers, minimum=1)
             ),
+            compile_queue=(
+                int(number("SPOKE_COMPILE_QUEUE", 0))
+                if env.get("SPOKE_COMPILE_QUEUE")
+                else defaults.compile_queue
+            ),
+            compile_time_limit_seconds=number(
+                "SPOKE_COMPILE_TIME_LIMIT", defaults.compile_time_limit_seconds, minimum=0.001
+            ),
+            compile_cache_entries=int(
+                number("SPOKE_COMPILE_CACHE_ENTRIES", defaults.compile_cache_entries)
+            ),
+            compile_cache_bytes=int(
+                number("SPOKE_COMPILE_CACHE_BYTES", defaults.compile_cache_bytes)
+            ),
             invitation_ttl_hours=number(
                 "SPOKE_INVITATION_TTL_HOURS", defaults.invitation_ttl_hours, minimum=0.001
             ),
@@ -125,22 +180,55 @@ class Settings:
             email_interval_seconds=number(
                 "SPOKE_EMAIL_INTERVAL", defaults.email_interval_seconds, minimum=0.01
             ),
+            metrics_listen=check_listen(env.get("SPOKE_METRICS_LISTEN") or None),
+            log_format=check_log_format(env.get("SPOKE_LOG_FORMAT") or defaults.log_format),
+            max_concurrent_calls=int(
+                number("SPOKE_MAX_CONCURRENT_CALLS", defaults.max_concurrent_calls)
+            ),
+            max_connection_age_seconds=number(
+                "SPOKE_MAX_CONNECTION_AGE", defaults.max_connection_age_seconds
+            ),
+            max_connection_age_grace_seconds=number(
+                "SPOKE_MAX_CONNECTION_AGE_GRACE", defaults.max_connection_age_grace_seconds
+            ),
+            keepalive_time_seconds=number("SPOKE_KEEPALIVE_TIME", defaults.keepalive_time_seconds),
         )
 
 
-def check_database_url(url: str | None) -> str | None:
+LOG_FORMATS = ("text", "json")
+
+
+def check_log_format(raw: str) -> str:
+    """``SPOKE_LOG_FORMAT``: ``text`` or ``json`` (one JSON object per line)."""
+    value = raw.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"SPOKE_LOG_FORMAT must be text or json, got {raw!r}")
+    return value
+
+
+def check_listen(address: str | None, name: str = "SPOKE_METRICS_LISTEN") -> str | None:
+    """``address`` if it is ``host:port`` (``[v6]:port`` for IPv6); ConfigError if not."""
+    if address is None:
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ConfigError(f"{name} must be host:port (e.g. 127.0.0.1:9464), got {address!r}")
+    return address
+
+
+def check_database_url(url: str | None, *, name: str = "DATABASE_URL") -> str | None:
     """``url`` if it is a PostgreSQL URL libpq and yoyo can both use; ConfigError if not.
 
-    Error messages never repeat the password.
+    ``name`` is the setting the messages name. Error messages never repeat the password.
     """
     if url is None:
         return None
     scheme, sep, _ = url.partition("://")
     if not sep:
-        raise ConfigError(f"DATABASE_URL must be a URL like {_URL_EXAMPLE} (it has no scheme)")
+        raise ConfigError(f"{name} must be a URL like {_URL_EXAMPLE} (it has no scheme)")
     if scheme not in DATABASE_URL_SCHEMES:
         raise ConfigError(
-            f"DATABASE_URL has scheme {scheme!r}; only postgresql:// and"
+            f"{name} has scheme {scheme!r}; only postgresql:// and"
             f" postgres:// are supported (e.g. {_URL_EXAMPLE})"
         )
     try:
@@ -148,8 +236,28 @@ def check_database_url(url: str | None) -> str | None:
         _ = urlsplit(url).port  # the migrations' URL parser needs one numeric port
     except (psycopg.Error, ValueError) as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        raise ConfigError(f"DATABASE_URL is not a valid URL: {_redact(lines[0], url)}") from None
+        raise ConfigError(f"{name} is not a valid URL: {_redact(lines[0], url)}") from None
     return url
+
+
+_NEVER_PREPARE = {"none", "off", "never", "false"}
+
+
+def parse_prepare_threshold(raw: str | None) -> int | None:
+    """``SPOKE_PREPARE_THRESHOLD``: psycopg's ``prepare_threshold`` (executions of a statement
+    before it is prepared on the server; 0 prepares at once), or ``none``/``off`` for never
+    (needed behind pgbouncer before 1.21 in transaction mode). Unset: psycopg's 5."""
+    if raw is None or raw.strip() == "":
+        return DEFAULT_PREPARE_THRESHOLD
+    text = raw.strip().lower()
+    if text in _NEVER_PREPARE:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(
+            "SPOKE_PREPARE_THRESHOLD must be a whole number of executions (0 or more) or"
+            f" none/off to never prepare statements (behind pgbouncer), got {raw!r}"
+        )
+    return int(text)
 
 
 def _redact(text: str, url: str) -> str:

@@ -10,20 +10,31 @@ Failures are told apart: a database that cannot be reached is ``Unavailable`` (a
 goes NOT_SERVING), a pool with no free connection is ``Overloaded`` (health stays
 SERVING: overload is not an outage), deadlocks and serialization failures are retried by
 the unit of work and surface as ``Aborted``.
+
+Every connection, pooled or direct, is opened with ``connect_kwargs`` and set up by
+``configure_session``, so it also works through pgbouncer in transaction mode: there
+``SPOKE_PREPARE_THRESHOLD=none`` turns psycopg's server-side prepared statements off, and
+``SPOKE_STARTUP_OPTIONS=false`` leaves out the libpq ``options`` pgbouncer refuses; the
+time zone is then SET, which pgbouncer tracks per client. ``check_session`` verifies at
+start what the sessions really got.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from spoke_grpc.config import Settings
+from spoke_grpc.config import ConfigError, Settings
 from spoke_grpc.errors import Overloaded, Unavailable
+
+log = logging.getLogger(__name__)
 
 # SQLSTATE classes that mean "the server is not there for us", not "your query is wrong".
 _UNAVAILABLE_SQLSTATES = ("08", "57P", "53")
@@ -39,8 +50,90 @@ def session_options(settings: Settings) -> str:
     return f"-c timezone=UTC -c statement_timeout={timeout_ms}"
 
 
-def create_pool(database_url: str, settings: Settings) -> AsyncConnectionPool:
-    """An unopened pool; ``await pool.open(wait=True)`` before use."""
+def connect_kwargs(settings: Settings) -> dict[str, Any]:
+    """What every connection the service opens passes to psycopg, pooled or direct."""
+    kwargs: dict[str, Any] = {"prepare_threshold": settings.prepare_threshold}
+    if settings.startup_options:
+        kwargs["options"] = session_options(settings)
+    return kwargs
+
+
+async def configure_session(conn: AsyncConnection, settings: Settings) -> None:
+    """Runs on every new connection: UTC by SET when the startup packet does not carry it.
+
+    pgbouncer tracks ``TimeZone`` per client and restores it on whichever server connection
+    it lends, so this holds in transaction pooling (``statement_timeout`` is not tracked:
+    behind pgbouncer it is the role's or database's setting; see ``check_session``).
+    """
+    if settings.startup_options:
+        return
+    await conn.execute("SET timezone TO 'UTC'")
+    if not conn.autocommit:
+        await conn.commit()
+
+
+async def connect(url: str, settings: Settings, **kwargs: Any) -> AsyncConnection:
+    """A connection of its own (not the pool's), set up like the pool's."""
+    conn = await AsyncConnection.connect(url, **connect_kwargs(settings), **kwargs)
+    try:
+        await configure_session(conn, settings)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+_UTC_NAMES = frozenset(
+    {"utc", "etc/utc", "uct", "etc/uct", "universal", "etc/universal", "zulu", "etc/zulu"}
+)
+
+
+async def check_session(conn: AsyncConnection, settings: Settings) -> None:
+    """Refuses a session that is not in UTC (usage hours and months are UTC, and the
+    schema's CHECKs say so); warns when the database's statement timeout is not
+    ``SPOKE_STATEMENT_TIMEOUT`` (calls are still cut at their budget by a cancel)."""
+    cur = await conn.execute(
+        "SELECT current_setting('TimeZone'),"
+        " (SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout')"
+    )
+    row = await cur.fetchone()
+    if row is None:  # a SELECT without FROM always has its row
+        return
+    timezone, timeout_ms = str(row[0]), int(row[1])
+    if timezone.lower() not in _UTC_NAMES:
+        raise ConfigError(
+            f"database sessions run in time zone {timezone!r}, not UTC: behind pgbouncer set"
+            " SPOKE_STARTUP_OPTIONS=false (the service then sets UTC itself), or set the"
+            " role's time zone (ALTER ROLE … SET timezone = 'UTC')"
+        )
+    wanted_ms = max(1, int(settings.statement_timeout_seconds * 1000))
+    if timeout_ms != wanted_ms:
+        log.warning(
+            "the database's statement_timeout is %s, not SPOKE_STATEMENT_TIMEOUT (%gs): calls"
+            " are still cancelled at their budget, but set it on the server too"
+            " (ALTER ROLE … SET statement_timeout = '%gs') when SPOKE_STARTUP_OPTIONS=false",
+            f"{timeout_ms / 1000:g}s" if timeout_ms else "off",
+            settings.statement_timeout_seconds,
+            settings.statement_timeout_seconds,
+        )
+
+
+def create_pool(
+    database_url: str,
+    settings: Settings,
+    *,
+    instrument: Callable[[AsyncConnection], None] | None = None,
+) -> AsyncConnectionPool:
+    """An unopened pool; ``await pool.open(wait=True)`` before use.
+
+    ``instrument`` is applied to each new connection (tracing: ``spoke_grpc.tracing``).
+    """
+
+    async def configure(conn: AsyncConnection) -> None:
+        await configure_session(conn, settings)
+        if instrument is not None:
+            instrument(conn)
+
     return AsyncConnectionPool(
         database_url,
         min_size=settings.pool_min_size,
@@ -50,8 +143,9 @@ def create_pool(database_url: str, settings: Settings) -> AsyncConnectionPool:
         kwargs={
             "autocommit": True,
             "application_name": "spoke-grpc",
-            "options": session_options(settings),
+            **connect_kwargs(settings),
         },
+        configure=configure,
         name="spoke",
     )
 

@@ -12,6 +12,7 @@ Domain and store code never touch ``grpc.StatusCode``: they raise one of these, 
     ├── AlreadyExists               ALREADY_EXISTS
     ├── FailedPrecondition          FAILED_PRECONDITION  + PreconditionFailure violations
     ├── QuotaExceeded               RESOURCE_EXHAUSTED   + QuotaFailure (+ RetryInfo: rate windows)
+    ├── TooManyCalls                RESOURCE_EXHAUSTED   + RetryInfo (the process's call cap)
     ├── Unavailable                 UNAVAILABLE          + RetryInfo (the database is unreachable)
     │   └── Overloaded              UNAVAILABLE          + RetryInfo (no free connection: busy)
     ├── Aborted                     ABORTED              (a concurrent change won, retries spent)
@@ -231,6 +232,26 @@ class QuotaExceeded(SpokeError):
             )
             packed.append(_pack(retry))
         return packed
+
+
+class TooManyCalls(SpokeError):
+    """The process already serves ``SPOKE_MAX_CONCURRENT_CALLS`` calls; retry shortly."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "TOO_MANY_CONCURRENT_CALLS"
+
+    def __init__(self, limit: int, *, retry_after_seconds: int = 1) -> None:
+        super().__init__(
+            f"the server is busy with its limit of {limit} calls; retry with backoff",
+            metadata={"limit": str(limit)},
+        )
+        self.retry_after_seconds = retry_after_seconds
+
+    def details(self) -> list[any_pb2.Any]:
+        retry = error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(seconds=self.retry_after_seconds)
+        )
+        return [_pack(retry)]
 
 
 class Unavailable(SpokeError):

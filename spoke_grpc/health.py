@@ -1,12 +1,17 @@
 """grpc.health.v1 status that follows the database.
 
 A probe runs ``SELECT 1`` every interval on a connection of its own (never one of the
-request pool's, so a pool saturated by load does not look like an outage): SERVING while
+request pool's, so a pool saturated by load does not look like an outage; on the direct
+URL, past pgbouncer, whose own saturation is not an outage either): SERVING while
 it works, NOT_SERVING while it does not. The errors interceptor reports an unreachable
 database at once, so health flips without waiting for the next probe; the probe flips it
 back when the database returns, and then has the pool check its idle connections so that
 broken ones are replaced before calls draw them. On shutdown everything goes NOT_SERVING
 and stays there.
+
+The ``liveness`` service is SERVING from start to shutdown whatever the database does:
+liveness probes ask it, so that a database outage takes replicas out of rotation (the
+readiness probe asks ``""``) without restarting them all.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from psycopg_pool import AsyncConnectionPool
 
-from spoke_grpc.database import is_unavailable
+from spoke_grpc.config import Settings
+from spoke_grpc.database import connect, is_unavailable
 
 log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+LIVENESS_SERVICE = "liveness"
 
 
 class DatabaseHealth:
@@ -37,9 +44,12 @@ class DatabaseHealth:
         pool: AsyncConnectionPool,
         services: Iterable[str],
         interval: float,
+        *,
+        settings: Settings,
     ) -> None:
         self.servicer = servicer
         self._database_url = database_url
+        self._settings = settings
         self._conn: psycopg.AsyncConnection | None = None
         self._pool = pool
         self._services = ["", *services]
@@ -76,8 +86,9 @@ class DatabaseHealth:
         try:
             async with asyncio.timeout(timeout):
                 if self._conn is None or self._conn.closed:
-                    self._conn = await psycopg.AsyncConnection.connect(
+                    self._conn = await connect(
                         self._database_url,
+                        self._settings,
                         autocommit=True,
                         application_name="spoke-grpc-health",
                     )
@@ -99,6 +110,7 @@ class DatabaseHealth:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="health-probe")
 
     async def _run(self) -> None:
+        await self.servicer.set(LIVENESS_SERVICE, SERVING)
         while not self._stopped:
             await self.set_serving(await self.probe())
             await asyncio.sleep(self._interval)

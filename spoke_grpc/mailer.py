@@ -25,7 +25,7 @@ import psycopg
 
 from spoke_grpc import tokens
 from spoke_grpc.config import Settings, SmtpServer, parse_smtp_url
-from spoke_grpc.database import is_unavailable, session_options
+from spoke_grpc.database import connect, is_unavailable
 from spoke_grpc.store import outbox
 from spoke_grpc.store.outbox import DueEmail
 
@@ -108,6 +108,8 @@ class InvitationMailer:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._database_down = False
+        self.sent = 0  # emails sent, and sends that failed, by this process (for metrics)
+        self.failures = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="invitation-mailer")
@@ -185,6 +187,7 @@ class InvitationMailer:
                 error = _describe(exc, token.value)
                 delay = retry_delay(due.attempts + 1)
                 await outbox.mark_failed(conn, due, error, delay)
+                self.failures += 1
                 log.warning(
                     "could not email invitation %s (attempt %d; next in %ds): %s",
                     due.invitation_id,
@@ -194,18 +197,19 @@ class InvitationMailer:
                 )
                 return True
             await outbox.mark_sent(conn, due, token.digest)
+        self.sent += 1
         log.info("emailed invitation %s of org %s", due.invitation_id, due.org_name)
         return True
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:
             async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
-                self._conn = await psycopg.AsyncConnection.connect(
+                self._conn = await connect(
                     self._database_url,
+                    self._settings,
                     autocommit=True,
                     connect_timeout=CONNECT_TIMEOUT_SECONDS,
                     application_name="spoke-grpc-mailer",
-                    options=session_options(self._settings),
                 )
         return self._conn
 

@@ -1,8 +1,9 @@
 """The grpc.aio server: spoke.v1 services behind the interceptors, plus health and reflection.
 
-Interceptors, outermost first: errors → request check (decoding, text) → unit of work
-(one connection, one transaction for writes, deadline, retries) → audit → auth (caller and
-org in one statement) → org context (access rules) → servicer.
+Interceptors, outermost first: [tracing, when on] → telemetry (request id, access line,
+metrics) → errors → concurrency cap → request check (decoding, text) → unit of work (one
+connection, one transaction for writes, deadline, retries) → audit → auth (caller and org
+in one statement) → org context (access rules) → servicer.
 
 Lifecycle: ``start`` checks that every RPC's policy can be enforced, opens the pool and
 serves; ``stop`` turns health NOT_SERVING, refuses new calls, lets in-flight calls finish
@@ -13,13 +14,15 @@ instead of silently splitting the traffic.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
-import psycopg
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from opentelemetry.trace import TracerProvider
 from spoke.v1 import (
     member_pb2_grpc,
     module_pb2_grpc,
@@ -28,17 +31,21 @@ from spoke.v1 import (
     user_pb2_grpc,
 )
 
+from spoke_grpc import metrics, tracing
 from spoke_grpc.app import App
+from spoke_grpc.cache import AccessCache, CacheListener
 from spoke_grpc.compiler import Compiler
 from spoke_grpc.config import ConfigError, Settings
-from spoke_grpc.database import create_pool, session_options
+from spoke_grpc.database import check_session, connect, create_pool
 from spoke_grpc.health import DatabaseHealth
 from spoke_grpc.interceptors.audit import AuditInterceptor
 from spoke_grpc.interceptors.auth import AuthInterceptor
+from spoke_grpc.interceptors.concurrency import ConcurrencyLimitInterceptor
 from spoke_grpc.interceptors.errors import ErrorsInterceptor
 from spoke_grpc.interceptors.org_context import OrgContextInterceptor
 from spoke_grpc.interceptors.quota import QuotaInterceptor
 from spoke_grpc.interceptors.request_check import RequestCheckInterceptor
+from spoke_grpc.interceptors.telemetry import TelemetryInterceptor
 from spoke_grpc.interceptors.unit_of_work import UnitOfWorkInterceptor
 from spoke_grpc.interceptors.usage import UsageInterceptor
 from spoke_grpc.mailer import InvitationMailer
@@ -55,34 +62,95 @@ from spoke_grpc.usage import Clock, UsageBuffer, utc_now
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 2**20
+# The server pings an idle connection's client every SPOKE_KEEPALIVE_TIME and drops it
+# when no answer comes within this long.
+KEEPALIVE_TIMEOUT_MS = 20_000
+# How often a client may ping without data before it is told off (GOAWAY too_many_pings).
+MIN_CLIENT_PING_INTERVAL_MS = 10_000
+
+
+def server_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """grpc server options: message sizes, port sharing, connection age and keepalive.
+
+    A connection is closed (GOAWAY, then ``SPOKE_MAX_CONNECTION_AGE_GRACE`` for its calls)
+    after ``SPOKE_MAX_CONNECTION_AGE`` (grpc adds ±10% jitter), so clients behind an L4
+    load balancer reconnect and spread over new replicas. Keepalive pings, with or without
+    calls, keep an idle connection from being reaped by a load balancer or NAT (most reap
+    after 4-10 minutes); clients may ping every 10 s.
+    """
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+    ]
+    if settings.keepalive_time_seconds > 0:
+        options.append(("grpc.keepalive_time_ms", int(settings.keepalive_time_seconds * 1000)))
+    if settings.max_connection_age_seconds > 0:
+        age_ms = int(settings.max_connection_age_seconds * 1000)
+        grace_ms = int(settings.max_connection_age_grace_seconds * 1000)
+        options += [
+            ("grpc.max_connection_age_ms", max(1, age_ms)),
+            ("grpc.max_connection_age_grace_ms", grace_ms),
+        ]
+    return options
 
 
 @dataclass
 class SpokeServer:
+    """``tracer_provider``: trace calls and statements (``spoke_grpc.tracing``; None: off).
+    ``metrics_socket``: serve metrics there for a ``--workers`` supervisor instead of on
+    ``SPOKE_METRICS_LISTEN`` (``spoke_grpc.metrics.WorkerMetrics``)."""
+
     settings: Settings
     database_url: str
     reuse_port: bool = False
     clock: Clock = utc_now
+    tracer_provider: TracerProvider | None = None
+    metrics_socket: Path | None = None
 
     def __post_init__(self) -> None:
-        self.pool = create_pool(self.database_url, self.settings)
+        self.pool = create_pool(
+            self.database_url,
+            self.settings,
+            instrument=(
+                tracing.connection_instrumenter(self.tracer_provider)
+                if self.tracer_provider is not None
+                else None
+            ),
+        )
+        # Sessions of their own (health, mailer, LISTEN) bypass a transaction-mode pgbouncer.
+        self.direct_url = self.settings.direct_url(self.database_url)
         self.health = DatabaseHealth(
             HealthServicer(),
-            self.database_url,
+            self.direct_url,
             self.pool,
             [s.full_name for s in services()],
             self.settings.health_check_interval_seconds,
+            settings=self.settings,
         )
+        self.cache = AccessCache()
+        self.cache_listener = CacheListener(self.cache, self.direct_url, self.settings)
         self.usage = UsageBuffer(
             self.pool, self.settings.usage_flush_interval_seconds, clock=self.clock
         )
         self._server: aio.Server | None = None
         self.port = 0
-        self.compiler = Compiler(self.settings.compile_workers)
+        self.compiler = Compiler(
+            self.settings.compile_workers,
+            queue=self.settings.compile_queue,
+            time_limit_seconds=self.settings.compile_time_limit_seconds,
+            cache_entries=self.settings.compile_cache_entries,
+            cache_bytes=self.settings.compile_cache_bytes,
+        )
         # Made here so that a bad SMTP URL fails before anything starts.
         self.mailer = (
-            InvitationMailer(self.settings, self.database_url) if self.settings.smtp_url else None
+            InvitationMailer(self.settings, self.direct_url) if self.settings.smtp_url else None
         )
+        self.metrics: metrics.ServerMetrics | None = None
 
     async def start(self, listen: str | None = None) -> int:
         """Opens the pool and starts serving; returns the bound port."""
@@ -90,38 +158,53 @@ class SpokeServer:
         if problems:
             raise ConfigError("RPC policies the server cannot enforce: " + "; ".join(problems))
         # One plain connection first: an unreachable database is then one clear error
-        # rather than the pool's retry warnings. It also reads the page-token key.
-        async with await psycopg.AsyncConnection.connect(
+        # rather than the pool's retry warnings. It also reads the page-token key and
+        # checks what the pool's sessions get (UTC, statement timeout).
+        async with await connect(
             self.database_url,
+            self.settings,
             connect_timeout=max(1, int(self.settings.pool_timeout_seconds)),
             autocommit=True,
-            options=session_options(self.settings),
         ) as conn:
+            await check_session(conn, self.settings)
             pages = PageTokens(await load_key(conn))
         self.app = App(self.settings, self.pool, pages, self.compiler, self.usage)
         await self.pool.open(wait=True, timeout=self.settings.pool_timeout_seconds)
+        try:
+            self.metrics = self._start_metrics()
+        except BaseException:
+            await self.pool.close()
+            raise
+        cap = self.settings.max_concurrent_calls
         server = aio.server(
             interceptors=[
+                *(
+                    [tracing.server_interceptor(self.tracer_provider)]
+                    if self.tracer_provider is not None
+                    else []
+                ),
+                TelemetryInterceptor(
+                    self.metrics.rpc if self.metrics is not None else None,
+                    tracing=self.tracer_provider is not None,
+                ),
                 ErrorsInterceptor(self.settings, self.health.mark_unavailable),
+                *([ConcurrencyLimitInterceptor(cap)] if cap > 0 else []),
                 RequestCheckInterceptor(),
-                UnitOfWorkInterceptor(self.pool, self.settings),
+                UnitOfWorkInterceptor(self.pool, self.settings, self.cache),
                 AuditInterceptor(),
-                AuthInterceptor(),
+                AuthInterceptor(self.cache),
                 OrgContextInterceptor(),
                 UsageInterceptor(self.usage),
                 QuotaInterceptor(self.usage),
             ],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
-            ],
+            options=server_options(self.settings, reuse_port=self.reuse_port),
         )
         self._add_services(server)
         address = listen or self.settings.listen
         try:
             self.port = server.add_insecure_port(address)
         except RuntimeError:
+            await self._stop_metrics()
             await self.pool.close()
             raise ConfigError(
                 f"cannot listen on {address}: the address is in use or not available here"
@@ -133,6 +216,7 @@ class SpokeServer:
         await self.health.set_serving(await self.health.probe())
         self.health.start()
         self.usage.start()
+        self.cache_listener.start()
         if self.mailer is not None:
             self.mailer.start()
         else:
@@ -142,6 +226,40 @@ class SpokeServer:
             )
         log.info("serving spoke.v1 on %s (port %d)", address, self.port)
         return self.port
+
+    def _start_metrics(self) -> metrics.ServerMetrics | None:
+        """The metrics endpoint: SPOKE_METRICS_LISTEN, the supervisor's socket, or none."""
+        if self.metrics_socket is None and self.settings.metrics_listen is None:
+            return None
+        sources = metrics.StateSources(
+            pool=self.pool,
+            usage=self.usage,
+            max_concurrent_calls=self.settings.max_concurrent_calls,
+            compiler=self.compiler,
+            # Read defensively: the caches are other layers' (and may move).
+            caches={
+                name: cache
+                for name, cache in (
+                    ("access", getattr(self, "cache", None)),
+                    ("build", getattr(self.compiler, "cache", None)),
+                )
+                if cache is not None
+            },
+            mailer=self.mailer,
+            outbox=metrics.OutboxProbe(self.direct_url) if self.mailer is not None else None,
+        )
+        served = metrics.ServerMetrics(sources)
+        if self.metrics_socket is not None:
+            served.serve_unix(self.metrics_socket)
+        elif self.settings.metrics_listen is not None:
+            served.serve_http(self.settings.metrics_listen)
+            log.info("serving metrics on http://%s/metrics", self.settings.metrics_listen)
+        return served
+
+    async def _stop_metrics(self) -> None:
+        served, self.metrics = self.metrics, None
+        if served is not None:
+            await asyncio.to_thread(served.close)
 
     def _add_services(self, server: aio.Server) -> None:
         user_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(self.app), server)
@@ -163,8 +281,10 @@ class SpokeServer:
             await self._server.stop(grace)
             self._server = None
         await self.usage.stop()  # after the drain: the last calls' counts are written too
+        await self.cache_listener.stop()
         if self.mailer is not None:
             await self.mailer.stop()
         await self.compiler.stop()
         await self.pool.close()
+        await self._stop_metrics()
         log.info("stopped")

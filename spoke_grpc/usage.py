@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import Callable
 
@@ -80,6 +81,8 @@ class UsageBuffer:
         self._task: asyncio.Task[None] | None = None
         self.failed_flushes = 0
         self.dropped = 0
+        # Wall time when the buffer was last written through (or started): for metrics.
+        self.last_flush_at = time.time()
 
     def count(self, org_id: uuid.UUID) -> int:
         """Counts one request now; returns this process's view of the hour's total."""
@@ -102,9 +105,15 @@ class UsageBuffer:
     def pending_keys(self) -> int:
         return len(self._pending)
 
+    @property
+    def pending_requests(self) -> int:
+        """Requests counted and not yet written (safe to read from another thread)."""
+        return sum(self._pending.copy().values())
+
     async def flush(self) -> bool:
         """Writes the pending counts; True when there was nothing to write or it worked."""
         if not self._pending:
+            self.last_flush_at = time.time()
             return True
         batch, self._pending = self._pending, {}
         try:
@@ -116,6 +125,7 @@ class UsageBuffer:
                 self._pending[key] = self._pending.get(key, 0) + n
             log.warning("usage flush of %d org-hours failed; will retry: %s", len(batch), exc)
             return False
+        self.last_flush_at = time.time()
         current = hour_start(self.clock())
         self._flushed = {
             key: n for key, n in {**self._flushed, **totals}.items() if key[1] >= current
@@ -123,6 +133,7 @@ class UsageBuffer:
         return True
 
     def start(self) -> None:
+        self.last_flush_at = time.time()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-flush")
 
     async def _run(self) -> None:

@@ -94,3 +94,59 @@ def test_bad_database_urls_say_what_is_wrong_without_the_password(url: str, frag
 
 def test_empty_database_url_means_embedded() -> None:
     assert Settings.from_env({"DATABASE_URL": ""}).database_url is None
+
+
+PGBOUNCER = "postgresql://spoke:s3cret@pgbouncer:6432/spoke"
+DIRECT = "postgresql://spoke:s3cret@postgres:5432/spoke"
+
+
+@pytest.mark.parametrize(
+    ("raw", "threshold"),
+    [
+        pytest.param(None, 5, id="unset-psycopg-default"),
+        pytest.param("", 5, id="empty"),
+        pytest.param("none", None, id="none"),
+        pytest.param("OFF", None, id="off"),
+        pytest.param("0", 0, id="prepare-at-once"),
+        pytest.param("12", 12, id="number"),
+    ],
+)
+def test_prepare_threshold(raw: str | None, threshold: int | None) -> None:
+    env = {} if raw is None else {"SPOKE_PREPARE_THRESHOLD": raw}
+    assert Settings.from_env(env).prepare_threshold == threshold
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param({"SPOKE_PREPARE_THRESHOLD": "-1"}, id="negative"),
+        pytest.param({"SPOKE_PREPARE_THRESHOLD": "1.5"}, id="fraction"),
+        pytest.param({"SPOKE_PREPARE_THRESHOLD": "sometimes"}, id="word"),
+        pytest.param({"SPOKE_STARTUP_OPTIONS": "maybe"}, id="startup-options"),
+        pytest.param({"SPOKE_DIRECT_DATABASE_URL": DIRECT}, id="direct-without-database-url"),
+        pytest.param(
+            {"DATABASE_URL": PGBOUNCER, "SPOKE_DIRECT_DATABASE_URL": "mysql://u:s3cret@db/x"},
+            id="direct-bad-scheme",
+        ),
+    ],
+)
+def test_bad_pooler_settings_say_which_variable(env: dict[str, str]) -> None:
+    (name,) = [k for k in env if k != "DATABASE_URL"]
+    with pytest.raises(ConfigError, match=name) as raised:
+        Settings.from_env(env)
+    assert "s3cret" not in str(raised.value)
+
+
+def test_the_direct_url_defaults_to_database_url() -> None:
+    settings = Settings.from_env({"DATABASE_URL": PGBOUNCER})
+    assert settings.direct_url(PGBOUNCER) == PGBOUNCER
+    assert settings.startup_options is True
+    behind = Settings.from_env(
+        {
+            "DATABASE_URL": PGBOUNCER,
+            "SPOKE_DIRECT_DATABASE_URL": DIRECT,
+            "SPOKE_STARTUP_OPTIONS": "false",
+        }
+    )
+    assert behind.direct_url(PGBOUNCER) == DIRECT
+    assert behind.startup_options is False

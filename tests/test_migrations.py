@@ -74,24 +74,29 @@ def test_apply_rollback_all_and_apply_again(fresh_url: str) -> None:
     assert migrations.pending(fresh_url, harness.MIGRATIONS) == []
 
 
-def public_columns(url: str) -> set[tuple[str, str]]:
+def public_schema(url: str) -> set[tuple[str, str]]:
+    """What migrations make: columns, indexes, triggers and functions of the public schema."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT table_name, column_name FROM information_schema.columns"
+            "SELECT 'column', table_name || '.' || column_name FROM information_schema.columns"
             " WHERE table_schema = 'public'"
+            " UNION ALL SELECT 'index', indexname FROM pg_indexes WHERE schemaname = 'public'"
+            " UNION ALL SELECT 'trigger', tgname FROM pg_trigger WHERE NOT tgisinternal"
+            " UNION ALL SELECT 'function', proname FROM pg_proc"
+            "   WHERE pronamespace = 'public'::regnamespace"
         ).fetchall()
-    return {(table, column) for table, column in rows}
+    return {(kind, name) for kind, name in rows}
 
 
 def test_rollback_one_step_undoes_only_the_last_migration(fresh_url: str) -> None:
     applied = migrations.apply(fresh_url, harness.MIGRATIONS)
-    everything = public_columns(fresh_url)
+    everything = public_schema(fresh_url)
     assert migrations.rollback(fresh_url, harness.MIGRATIONS) == [applied[-1]]
     assert migrations.pending(fresh_url, harness.MIGRATIONS) == [applied[-1]]
-    # Only what the last migration added is gone; the earlier ones' columns are all there.
-    assert public_columns(fresh_url) < everything
+    # Only what the last migration added is gone; what the earlier ones made is all there.
+    assert public_schema(fresh_url) < everything
     assert migrations.apply(fresh_url, harness.MIGRATIONS) == [applied[-1]]
-    assert public_columns(fresh_url) == everything
+    assert public_schema(fresh_url) == everything
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@ Visibility (SPEC §3): a ``public_only`` reader (neither a member nor a platform
 public modules and nothing else, and a private module raises exactly the NotFound of a
 missing one. A module may be changed by its creator (a developer), an organization admin or
 owner, or a platform admin. A pushed version is validated (semantic version, files,
-dependencies), compiled together with its dependencies' files, transitively, then stored
-with its digest; every change writes its audit event in the call's transaction.
+dependencies), compiled together with its dependencies' files, transitively, checked for
+breaking changes against the module's highest version when its policy is REJECT
+(``spoke_grpc.domain.compilation``), then stored with its digest; every change writes its
+audit event in the call's transaction.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from psycopg import AsyncConnection
 
 from spoke_grpc.compiler import Compiler, DependencyFiles, SourceFile
-from spoke_grpc.domain import quotas
+from spoke_grpc.domain import compilation, quotas
 from spoke_grpc.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -430,9 +432,23 @@ async def create_version(
     await quotas.check_version(conn, org, module.id, size)
     resolved = await _resolve_dependencies(conn, org, module, new.dependencies)
     dependency_files = await _dependency_files(conn, resolved)
-    problems = await compiler.check(new.files, dependency_files)
-    if problems:
-        raise InvalidArgument(problems)
+    reject = BreakingChangePolicy(module.breaking_change_policy) is BreakingChangePolicy.REJECT
+    compiled = await compiler.compile(new.files, dependency_files, descriptor_set=reject)
+    if compiled.violations:
+        raise InvalidArgument(compiled.violations)
+    if reject:
+        # FOR UPDATE: pushes to a REJECT module are checked one at a time, each against
+        # what the ones before it committed; the policy is read again under the lock.
+        locked = await get_module(conn, org, str(module.id), public_only=False, lock=True)
+        if BreakingChangePolicy(locked.breaking_change_policy) is BreakingChangePolicy.REJECT:
+            await compilation.refuse_breaking_changes(
+                conn,
+                org,
+                locked,
+                f"{module.org_name}/{label}",
+                compiled.descriptor_set,
+                compiler=compiler,
+            )
     await quotas.reserve_version(conn, org, module.id, size)
     row = await version_store.insert_version(
         conn,
@@ -549,16 +565,19 @@ async def _dependency_files(
     ]
 
 
-async def get_version(
-    conn: AsyncConnection, org: OrgContext, module_ref: str, ref: str, *, public_only: bool
-) -> VersionView:
-    """The version with its files' contents and its dependencies."""
+def _check_version_ref(ref: str, field_name: str) -> uuid.UUID | None:
+    """The version's id when ``ref`` is one; None when it is a version string."""
     version_id = parse_uuid(ref)
     if version_id is None and (problem := version_problem(ref)):
         if len(ref) > MAX_VERSION:
             raise NotFound("version", ref[:MAX_VERSION] + "…")
-        raise InvalidArgument.field("version", f"{problem}, or the version's id")
-    module = await get_module(conn, org, module_ref, public_only=public_only)
+        raise InvalidArgument.field(field_name, f"{problem}, or the version's id")
+    return version_id
+
+
+async def _version_row(
+    conn: AsyncConnection, org: OrgContext, module: Module, ref: str, version_id: uuid.UUID | None
+) -> Version:
     row = await version_store.get_version(
         conn,
         org.id,
@@ -568,6 +587,41 @@ async def get_version(
     )
     if row is None:
         raise NotFound("version", f"{module.name}@{ref}")
+    return row
+
+
+async def find_version(
+    conn: AsyncConnection,
+    org: OrgContext,
+    module_ref: str,
+    ref: str,
+    *,
+    public_only: bool,
+    against_ref: str | None = None,
+) -> tuple[Module, Version, Version | None]:
+    """The module, its version ``ref`` (a version string or an id) and, when ``against_ref``
+    is given, its version ``against_ref`` too; NOT_FOUND for any that is missing or hidden."""
+    version_id = _check_version_ref(ref, "version")
+    against_id = None
+    if against_ref is not None:
+        if not against_ref:
+            raise InvalidArgument.field(
+                "against_version", "required: the version to compare with, or its id"
+            )
+        against_id = _check_version_ref(against_ref, "against_version")
+    module = await get_module(conn, org, module_ref, public_only=public_only)
+    row = await _version_row(conn, org, module, ref, version_id)
+    against = None
+    if against_ref is not None:
+        against = await _version_row(conn, org, module, against_ref, against_id)
+    return module, row, against
+
+
+async def get_version(
+    conn: AsyncConnection, org: OrgContext, module_ref: str, ref: str, *, public_only: bool
+) -> VersionView:
+    """The version with its files' contents and its dependencies."""
+    module, row, _ = await find_version(conn, org, module_ref, ref, public_only=public_only)
     files = await version_store.files_of(conn, org.id, [row.id], contents=True)
     edges = await version_store.edges_of(conn, org.id, [row.id])
     return VersionView(module, row, files.get(row.id, []), edges.get(row.id, []))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from psycopg import AsyncConnection
 
 from spoke_grpc.errors import PermissionDenied, QuotaExceeded
-from spoke_grpc.store import audit, organizations, quotas, usage
+from spoke_grpc.store import audit, compile_jobs, organizations, quotas, usage
 from spoke_grpc.store.quotas import QuotaRow
 from spoke_grpc.tiers import QuotaTier
 from spoke_grpc.types import OrgContext, Principal
@@ -140,3 +140,35 @@ def check_api_rate(org: OrgContext, requests_this_hour: int, now: dt.datetime) -
         limit=limit,
         retry_after_seconds=max(1, math.ceil((window_end - now).total_seconds())),
     )
+
+
+async def check_compile_job(conn: AsyncConnection, org: OrgContext) -> None:
+    """Raises when this month's compile jobs have reached the limit: an early answer, without
+    the lock, before a compile costs a worker (``count_compile_job`` decides)."""
+    await _compile_jobs_left(conn, org, lock=False)
+
+
+async def count_compile_job(conn: AsyncConnection, org: OrgContext) -> None:
+    """Counts one compile job this UTC month, or raises when the month's limit is reached.
+
+    Under the org's quota row lock (held to the commit), in the transaction that records
+    the job: concurrent compiles count one at a time, and a job is counted if and only if
+    its record commits (fail closed).
+    """
+    await _compile_jobs_left(conn, org, lock=True)
+    await compile_jobs.count_one(conn, org.id)
+
+
+async def _compile_jobs_left(conn: AsyncConnection, org: OrgContext, *, lock: bool) -> None:
+    limit = (await quotas.get_quotas(conn, org.id, lock=lock)).limits.max_compile_jobs_per_month
+    if limit is None:
+        return
+    month = await compile_jobs.this_month(conn, org.id)
+    if month.count >= limit:
+        raise QuotaExceeded(
+            quota="compile_jobs_per_month",
+            subject=_subject(org),
+            current=month.count,
+            limit=limit,
+            retry_after_seconds=max(1, month.seconds_left),
+        )

@@ -4,7 +4,8 @@ organization the request names, in one statement on the call's connection.
 Anonymous calls reach only methods declared ACCESS_ANONYMOUS or ``public_read``; a token
 that is sent must be valid even there. Methods that are not org-scoped get their access
 checked here (platform admin); org-scoped ones in the org-context interceptor, which uses
-the organization read here.
+the organization read here. Read-only calls are answered from the access cache
+(``spoke_grpc.cache``) when it has the answer: no statement at all.
 """
 
 from __future__ import annotations
@@ -14,19 +15,52 @@ from dataclasses import replace
 from typing import Any
 
 from grpc import aio
+from psycopg import AsyncConnection
 
 from spoke_grpc import tokens
+from spoke_grpc.cache import AccessCache
 from spoke_grpc.call import current_call, set_call
 from spoke_grpc.errors import PermissionDenied, Unauthenticated
 from spoke_grpc.interceptors.base import Behavior, PolicyInterceptor
 from spoke_grpc.store import access
-from spoke_grpc.types import Access, Policy
+from spoke_grpc.types import Access, OrgRef, Policy
 from spoke_grpc.validation import parse_org_ref
 
 _MAX_TOKEN_LENGTH = 128
 
 
 class AuthInterceptor(PolicyInterceptor):
+    def __init__(self, cache: AccessCache) -> None:
+        super().__init__()
+        self._cache = cache
+
+    async def _resolve(
+        self,
+        conn: AsyncConnection,
+        policy: Policy,
+        digest: bytes | None,
+        org: OrgRef | None,
+        request: Any,
+    ) -> access.Resolved:
+        """Reads come from the cache when they can; writes always read (and lock) the rows."""
+        if not policy.read_only:
+            return await access.resolve(
+                conn, token_digest=digest, org=org, lock=True, public=policy.public_read
+            )
+        key = (digest, request.org if org is not None else None, policy.public_read)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        resolved = await access.resolve(
+            conn, token_digest=digest, org=org, lock=False, public=policy.public_read
+        )
+        complete = (digest is None or resolved.principal is not None) and (
+            org is None or resolved.org is not None
+        )
+        if complete:  # unknown tokens and missing orgs are not remembered
+            self._cache.put(key, resolved)
+        return resolved
+
     async def intercept(
         self, policy: Policy, request: Any, context: aio.ServicerContext, call_next: Behavior
     ) -> Any:
@@ -40,13 +74,7 @@ class AuthInterceptor(PolicyInterceptor):
         org = parse_org_ref(request.org) if policy.org_scoped else None
         principal, org_context = None, None
         if digest is not None or org is not None:
-            resolved = await access.resolve(
-                call.db,
-                token_digest=digest,
-                org=org,
-                lock=not policy.read_only,
-                public=policy.public_read,
-            )
+            resolved = await self._resolve(call.db, policy, digest, org, request)
             principal, org_context = resolved.principal, resolved.org
         if digest is not None and principal is None:
             raise Unauthenticated("invalid or revoked API token")

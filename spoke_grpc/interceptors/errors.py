@@ -3,8 +3,9 @@
 SpokeError → its own code and details. A database that cannot be reached → UNAVAILABLE
 (and the health monitor is told at once). A pool with no free connection → UNAVAILABLE
 with RetryInfo too, but health is left alone: overload is not an outage. Anything else is
-a bug: INTERNAL with a reference the log line carries, never the exception text, SQL or a
-traceback.
+a bug: INTERNAL with a reference (the call's request id) the log line carries, never the
+exception text, SQL or a traceback. The call's response headers (``x-request-id``…) are
+sent before the error, so a failed call has them too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from grpc import aio
 from grpc_status import rpc_status
 from psycopg_pool import PoolTimeout
 
+from spoke_grpc.call_record import current_request_id, note_failure, send_response_headers
 from spoke_grpc.config import Settings
 from spoke_grpc.database import is_unavailable, overloaded, unavailable
 from spoke_grpc.errors import Internal, SpokeError
@@ -44,10 +46,13 @@ class ErrorsInterceptor(PolicyInterceptor):
         except (aio.AbortError, asyncio.CancelledError):
             raise
         except SpokeError as exc:
-            log.debug("%s failed: %s %s", policy.method, exc.code.name, exc.message)
+            # The reason, not the message: messages may quote request text (file contents).
+            log.debug("%s failed: %s %s", policy.method, exc.code.name, exc.reason)
             error: SpokeError = exc
         except Exception as exc:
             error = self._classify(policy, exc)
+        note_failure(error.reason)
+        await send_response_headers(context)
         status = rpc_status.to_status(error.to_status())
         await context.abort(status.code, status.details, status.trailing_metadata)
 
@@ -59,6 +64,6 @@ class ErrorsInterceptor(PolicyInterceptor):
             log.warning("%s: database unavailable: %s", policy.method, exc)
             self._on_database_unavailable()
             return unavailable(exc)
-        reference = uuid.uuid4().hex[:12]
+        reference = current_request_id() or uuid.uuid4().hex[:12]
         log.error("%s: internal error %s", policy.method, reference, exc_info=exc)
         return Internal(f"internal error (reference {reference}); the server log has the details")

@@ -19,7 +19,8 @@ from typing import Any
 from grpc import aio
 from psycopg_pool import AsyncConnectionPool
 
-from spoke_grpc.call import set_call
+from spoke_grpc.cache import AccessCache
+from spoke_grpc.call import current_call, set_call
 from spoke_grpc.config import Settings
 from spoke_grpc.database import UnitOfWork, is_retryable
 from spoke_grpc.errors import Aborted, DeadlineExceeded
@@ -33,9 +34,10 @@ _BACKOFF_SECONDS = 0.01
 
 
 class UnitOfWorkInterceptor(PolicyInterceptor):
-    def __init__(self, pool: AsyncConnectionPool, settings: Settings) -> None:
+    def __init__(self, pool: AsyncConnectionPool, settings: Settings, cache: AccessCache) -> None:
         super().__init__()
         self._pool = pool
+        self._cache = cache
         self._max_seconds = settings.statement_timeout_seconds
 
     async def intercept(
@@ -69,7 +71,9 @@ class UnitOfWorkInterceptor(PolicyInterceptor):
                     if not unit.writes:
                         return await call_next(request, context)
                     async with conn.transaction():
-                        return await call_next(request, context)
+                        response = await call_next(request, context)
+                    self._forget_cached(current_call())
+                    return response
                 except Exception as exc:
                     if is_retryable(exc) and attempt < MAX_ATTEMPTS:
                         log.info(
@@ -89,6 +93,14 @@ class UnitOfWorkInterceptor(PolicyInterceptor):
                             f" {MAX_ATTEMPTS} times and was rolled back; retry it"
                         ) from exc
                     raise
+
+    def _forget_cached(self, call: CallContext) -> None:
+        """After a write committed: this process sees its own changes at once (the other
+        processes hear of them from the database's notifications)."""
+        if call.org is not None:
+            self._cache.invalidate_org(call.org.id)
+        if call.principal is not None:
+            self._cache.invalidate_user(call.principal.user_id)
 
 
 async def _run_rollback_hooks(unit: UnitOfWork, policy: Policy) -> None:

@@ -1,7 +1,8 @@
 """Counts every org-scoped call as an API request of its organization, and tells the
 caller where it stands: ``x-ratelimit-limit``, ``x-ratelimit-remaining`` and
 ``x-ratelimit-reset`` (seconds to the end of the UTC hour) response metadata, all without
-a database statement.
+a database statement. The headers join the call's others (``spoke_grpc.call_record``),
+sent once for the whole call.
 
 Calls are charged to the organization when its members make them; public reads by
 non-members and a platform admin's operations are not, so that nobody outside an
@@ -18,6 +19,7 @@ from typing import Any
 from grpc import aio
 
 from spoke_grpc.call import current_call
+from spoke_grpc.call_record import add_response_headers
 from spoke_grpc.database import UnitOfWork
 from spoke_grpc.interceptors.base import Behavior, PolicyInterceptor
 from spoke_grpc.types import Policy
@@ -44,20 +46,18 @@ class UsageInterceptor(PolicyInterceptor):
         try:
             response = await call_next(request, context)
         except Exception:
-            await self._send_rate_limit(context, call.unit, org.id, limit)
+            self._add_rate_limit(call.unit, org.id, limit)
             raise
-        await self._send_rate_limit(context, call.unit, org.id, limit)
+        self._add_rate_limit(call.unit, org.id, limit)
         return response
 
-    async def _send_rate_limit(
-        self, context: aio.ServicerContext, unit: UnitOfWork, org_id: uuid.UUID, limit: int
-    ) -> None:
+    def _add_rate_limit(self, unit: UnitOfWork, org_id: uuid.UUID, limit: int) -> None:
         if not unit.first_time("rate-limit metadata"):
-            return  # sent by an earlier attempt of this call
+            return  # queued by an earlier attempt of this call
         now = self._buffer.clock()
         used = self._buffer.requests_this_hour(org_id)
         reset = max(1, math.ceil((hour_end(now) - now).total_seconds()))
-        await context.send_initial_metadata(
+        add_response_headers(
             (
                 ("x-ratelimit-limit", str(limit)),
                 ("x-ratelimit-remaining", str(max(0, limit - used))),

@@ -16,9 +16,11 @@ from spoke_grpc import pagination
 from spoke_grpc.app import App
 from spoke_grpc.call import current_call
 from spoke_grpc.compiler import SourceFile
+from spoke_grpc.database import UnitOfWork
+from spoke_grpc.domain import compilation, dependency_graph
 from spoke_grpc.domain import modules as domain
 from spoke_grpc.domain.modules import BreakingChangePolicy
-from spoke_grpc.errors import InvalidArgument, Unimplemented
+from spoke_grpc.errors import InvalidArgument
 from spoke_grpc.servicers.convert import timestamp
 from spoke_grpc.store import modules as store
 from spoke_grpc.store import versions as version_store
@@ -291,17 +293,95 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     async def CompileVersion(
         self, request: module_pb2.CompileVersionRequest, context: aio.ServicerContext
     ) -> module_pb2.CompileVersionResponse:
-        raise _unimplemented("CompileVersion")
+        call = current_call()
+        org = call.require_org()
+        languages = compilation.parse_languages(request.languages)  # before any database work
+        module, version, _ = await domain.find_version(
+            call.db, org, request.module, request.version, public_only=public_only(call)
+        )
+        build = await compilation.compile_version(
+            call.db,
+            org,
+            module,
+            version,
+            languages,
+            principal=call.require_principal(),
+            compiler=self._app.compiler,
+            method=call.policy.method,
+            on_rollback=_unit(call).on_rollback,
+        )
+        return module_pb2.CompileVersionResponse(
+            descriptor_set=build.descriptor_set,
+            files=[
+                module_pb2.GeneratedFile(language=f.language, path=f.path, content=f.content)
+                for f in build.files
+            ],
+        )
 
     async def CheckCompatibility(
         self, request: module_pb2.CheckCompatibilityRequest, context: aio.ServicerContext
     ) -> module_pb2.CheckCompatibilityResponse:
-        raise _unimplemented("CheckCompatibility")
+        call = current_call()
+        org = call.require_org()
+        module, version, against = await domain.find_version(
+            call.db,
+            org,
+            request.module,
+            request.version,
+            public_only=public_only(call),
+            against_ref=request.against_version,
+        )
+        if against is None:  # find_version returns it whenever against_ref is given
+            raise RuntimeError("CheckCompatibility found no against_version")
+        violations = await compilation.check_compatibility(
+            call.db,
+            org,
+            module,
+            version,
+            against,
+            principal=call.require_principal(),
+            compiler=self._app.compiler,
+            method=call.policy.method,
+            on_rollback=_unit(call).on_rollback,
+        )
+        return module_pb2.CheckCompatibilityResponse(
+            compatible=not violations,
+            violations=[
+                module_pb2.CompatibilityViolation(rule=v.rule, path=v.path, message=v.message)
+                for v in violations
+            ],
+        )
 
     async def GetDependencyGraph(
         self, request: module_pb2.GetDependencyGraphRequest, context: aio.ServicerContext
     ) -> module_pb2.GetDependencyGraphResponse:
-        raise _unimplemented("GetDependencyGraph")
+        call = current_call()
+        module, version, _ = await domain.find_version(
+            call.db,
+            call.require_org(),
+            request.module,
+            request.version,
+            public_only=public_only(call),
+        )
+        graph = await dependency_graph.dependency_graph(
+            call.db, module, version, principal=call.principal
+        )
+        return module_pb2.GetDependencyGraphResponse(
+            nodes=[
+                module_pb2.DependencyGraphNode(
+                    id=n.id,
+                    version=module_pb2.VersionRef(
+                        org=n.org, module=n.module, version=n.version, deleted=n.deleted
+                    ),
+                    is_public=n.is_public,
+                )
+                for n in graph.nodes
+            ],
+            edges=[
+                module_pb2.DependencyGraphEdge(dependent=e.dependent, dependency=e.dependency)
+                for e in graph.edges
+            ],
+        )
 
     async def ListPublicModules(
         self, request: module_pb2.ListPublicModulesRequest, context: aio.ServicerContext
@@ -327,8 +407,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         )
 
 
-def _unimplemented(method: str) -> Unimplemented:
-    return Unimplemented(
-        f"spoke.v1.ModuleService.{method} is part of the spoke.v1 contract"
-        " but not implemented by this server yet"
-    )
+def _unit(call: CallContext) -> UnitOfWork:
+    if call.unit is None:  # the unit-of-work interceptor sets it for every spoke.v1 call
+        raise RuntimeError(f"{call.policy.method} has no unit of work")
+    return call.unit

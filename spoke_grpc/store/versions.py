@@ -103,13 +103,15 @@ class Resolved:
 
 @dataclass(frozen=True)
 class Reached:
-    """A version in a dependency closure; ``present`` is False when it was deleted."""
+    """A version in a dependency closure; ``present`` is False when it was deleted (and
+    ``digest`` then None)."""
 
     org_id: uuid.UUID
     version_id: uuid.UUID
     label: str
     present: bool
     size_bytes: int
+    digest: str | None = None
 
 
 _COLUMNS = sql.SQL(
@@ -258,7 +260,7 @@ async def closure(conn: AsyncConnection, roots: Sequence[Resolved]) -> list[Reac
             JOIN reached r ON d.org_id = r.org_id AND d.version_id = r.version_id
         )
         SELECT r.org_id, r.version_id, r.label, v.id IS NOT NULL AS present,
-               coalesce(v.size_bytes, 0) AS size_bytes
+               coalesce(v.size_bytes, 0) AS size_bytes, v.digest
         FROM reached r
         LEFT JOIN module_versions v ON v.org_id = r.org_id AND v.id = r.version_id
         ORDER BY r.label
@@ -271,6 +273,78 @@ async def closure(conn: AsyncConnection, roots: Sequence[Resolved]) -> list[Reac
     async with conn.cursor(row_factory=class_row(Reached)) as cur:
         await cur.execute(query, params)
         return await cur.fetchall()
+
+
+@dataclass(frozen=True)
+class GraphEdge:
+    """A direct dependency in a version's closure, with what its target is now: ``present``
+    (False once deleted), ``is_public`` and ``readable`` (the caller may read it: a public
+    module, a module of an organization the caller belongs to, or any for a platform admin)."""
+
+    org_id: uuid.UUID
+    version_id: uuid.UUID
+    position: int
+    dep_org_id: uuid.UUID
+    dep_version_id: uuid.UUID
+    dep_org_name: str
+    dep_module_name: str
+    dep_version: str
+    present: bool
+    is_public: bool
+    readable: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.dep_org_name}/{self.dep_module_name}@{self.dep_version}"
+
+
+async def graph_edges(
+    conn: AsyncConnection,
+    org_id: uuid.UUID,
+    version_id: uuid.UUID,
+    *,
+    caller_id: uuid.UUID | None,
+    caller_is_admin: bool,
+) -> list[GraphEdge]:
+    """Every direct dependency of the version's closure (edges out of deleted versions are
+    gone with them), by dependent and position."""
+    query = """
+        WITH RECURSIVE reached(org_id, version_id) AS (
+            SELECT %(org)s::uuid, %(version)s::uuid
+            UNION
+            SELECT d.dep_org_id, d.dep_version_id
+            FROM version_dependencies d
+            JOIN reached r ON d.org_id = r.org_id AND d.version_id = r.version_id
+        )
+        SELECT d.org_id, d.version_id, d.position, d.dep_org_id, d.dep_version_id,
+               d.dep_org_name, d.dep_module_name, d.dep_version,
+               v.id IS NOT NULL AS present, coalesce(m.is_public, false) AS is_public,
+               coalesce(m.is_public OR %(admin)s OR o.owner_id = %(caller)s
+                        OR EXISTS (SELECT 1 FROM organization_members om
+                                   WHERE om.org_id = m.org_id AND om.user_id = %(caller)s),
+                        false) AS readable
+        FROM reached r
+        JOIN version_dependencies d ON d.org_id = r.org_id AND d.version_id = r.version_id
+        LEFT JOIN module_versions v ON v.org_id = d.dep_org_id AND v.id = d.dep_version_id
+        LEFT JOIN modules m ON m.org_id = v.org_id AND m.id = v.module_id
+        LEFT JOIN organizations o ON o.id = m.org_id
+        ORDER BY d.org_id, d.version_id, d.position
+    """
+    params = {"org": org_id, "version": version_id, "caller": caller_id, "admin": caller_is_admin}
+    async with conn.cursor(row_factory=class_row(GraphEdge)) as cur:
+        await cur.execute(query, params)
+        return await cur.fetchall()
+
+
+async def version_strings(
+    conn: AsyncConnection, org_id: uuid.UUID, module_id: uuid.UUID
+) -> list[tuple[uuid.UUID, str]]:
+    """Every version of the module, as ``(id, version)``, in no particular order."""
+    cur = await conn.execute(
+        "SELECT id, version FROM module_versions WHERE org_id = %s AND module_id = %s",
+        [org_id, module_id],
+    )
+    return [(row[0], row[1]) for row in await cur.fetchall()]
 
 
 async def closure_files(

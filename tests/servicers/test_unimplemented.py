@@ -13,24 +13,6 @@ def org(admin: Client) -> str:
     return "later"
 
 
-@pytest.mark.parametrize(
-    ("service", "method", "request_type"),
-    [
-        ("modules", "CompileVersion", module_pb2.CompileVersionRequest),
-        ("modules", "CheckCompatibility", module_pb2.CheckCompatibilityRequest),
-        ("modules", "GetDependencyGraph", module_pb2.GetDependencyGraphRequest),
-    ],
-)
-def test_later_rpcs_answer_unimplemented_with_a_clear_message(
-    admin: Client, org: str, service: str, method: str, request_type: type
-) -> None:
-    stub = getattr(admin, service)
-    error = failure(lambda: getattr(stub, method)(request_type(org=org)))
-    assert error.code is grpc.StatusCode.UNIMPLEMENTED
-    assert method in error.message
-    assert error.error_info.reason == "UNIMPLEMENTED"
-
-
 def test_later_rpcs_still_enforce_access(anonymous: Client, org: str) -> None:
     error = failure(lambda: anonymous.members.ListMembers(member_pb2.ListMembersRequest(org=org)))
     assert error.code is grpc.StatusCode.UNAUTHENTICATED

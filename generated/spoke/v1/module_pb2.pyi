@@ -310,12 +310,14 @@ class CheckCompatibilityResponse(_message.Message):
     def __init__(self, compatible: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[CompatibilityViolation, _Mapping]]] = ...) -> None: ...
 
 class DependencyGraphNode(_message.Message):
-    __slots__ = ("id", "version")
+    __slots__ = ("id", "version", "is_public")
     ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    IS_PUBLIC_FIELD_NUMBER: _ClassVar[int]
     id: str
     version: VersionRef
-    def __init__(self, id: _Optional[str] = ..., version: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
+    is_public: bool
+    def __init__(self, id: _Optional[str] = ..., version: _Optional[_Union[VersionRef, _Mapping]] = ..., is_public: _Optional[bool] = ...) -> None: ...
 
 class DependencyGraphEdge(_message.Message):
     __slots__ = ("dependent", "dependency")

@@ -168,7 +168,11 @@ class ModuleServiceServicer:
         with the files of their dependencies (transitively) and the well-known
         types (`google/protobuf/*.proto`); compiler errors are INVALID_ARGUMENT
         with a BadRequest violation per error, naming `files[i].content` and
-        `path:line:column`.
+        `path:line:column`. When the module's `breaking_change_policy` is
+        BREAKING_CHANGE_POLICY_REJECT, a version that breaks wire or JSON
+        compatibility with the module's highest version (by semantic version
+        precedence) is FAILED_PRECONDITION, with a PreconditionFailure violation
+        per breaking change (type: the rule, subject: the path).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,7 +194,15 @@ class ModuleServiceServicer:
 
     def CompileVersion(self, request, context):
         """Compiles a version into a FileDescriptorSet and generated code. Consumes
-        one of the organization's monthly compile jobs.
+        one of the organization's monthly compile jobs (RESOURCE_EXHAUSTED,
+        RATE_LIMIT_EXCEEDED with RetryInfo to the end of the UTC month once they
+        are used up), also when the result comes from the server's cache. Results
+        are deterministic: the same version and languages give the same bytes.
+        When every compile worker is busy and the queue is full, the call is
+        refused at once with RESOURCE_EXHAUSTED (reason COMPILER_BUSY) and
+        RetryInfo, and consumes nothing. A compile that runs past the server's
+        time limit is stopped: RESOURCE_EXHAUSTED, reason
+        COMPILE_TIME_LIMIT_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,15 +210,19 @@ class ModuleServiceServicer:
 
     def CheckCompatibility(self, request, context):
         """Checks whether a version is wire- and JSON-compatible with another
-        version of the same module. Compiles both, so it consumes one of the
-        organization's monthly compile jobs.
+        version of the same module, by comparing their compiled descriptors with
+        rules named after `buf breaking`'s. Compiles both, so it consumes one of
+        the organization's monthly compile jobs (one per call), and is refused
+        like CompileVersion when the compile workers are busy.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetDependencyGraph(self, request, context):
-        """Returns a version's dependencies, transitively, as a graph.
+        """Returns a version's dependencies, transitively, as a graph. A version of a
+        private module the caller may not read is left out, with its edges and
+        whatever is reachable only through it: the graph never names it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,545 @@
+"""Throughput under concurrency, as ratios against a bare grpc.aio echo server in the same run.
+
+Starts the service (``spoke-grpc serve --workers N``) on a fresh database filled with
+realistic data (200 orgs, 2,000 modules, 10,000 versions, 1,000 users), drives each RPC from
+several client processes with many calls in flight (``loadgen``), and prints one table:
+calls/s, p50, p99, server CPU microseconds per call, and database statements per call
+(counted on the wire by a second, sequential pass through ``db_trips``' protocol counter).
+Each row also prints ``ratio <Rpc>/echo = x``: its throughput over the echo server's, driven
+by the same client. Figures go to ``bench/results/<time>.json`` too. Then the server's RSS
+after 10,000 and after 100,000 calls, to show it does not grow per call.
+
+``make bench`` runs it whole (under 10 minutes on 2 cores); ``make bench-quick`` runs a
+smaller version (under a minute). DATABASE_URL if set, else an embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+from spoke.v1 import module_pb2, organization_pb2, quota_pb2, user_pb2
+
+from benchmarks import loadgen
+from benchmarks.db_trips import CountingProxy
+from benchmarks.echo_server import METHOD as ECHO_METHOD
+from spoke_grpc import migrations, tokens
+from spoke_grpc.config import REPO_ROOT, Settings
+from spoke_grpc.server import SpokeServer
+from tests import harness
+
+RESULTS = REPO_ROOT / "bench" / "results"
+SPOKE = str(Path(sys.executable).parent / "spoke-grpc")
+PROTO = (
+    'syntax = "proto3";\npackage bench.v{n};\n'
+    "message M{i} {{\n  string id = 1;\n  int64 at = 2;\n}}\n"
+)
+
+
+@dataclass(frozen=True)
+class Scale:
+    users: int
+    orgs: int
+    modules_per_org: int
+    versions_per_module: int
+    seconds: float
+    memory_calls: tuple[int, int]
+
+
+FULL = Scale(1000, 200, 10, 5, 5.0, (10_000, 100_000))
+QUICK = Scale(200, 40, 5, 2, 1.5, (1_000, 5_000))
+
+
+@dataclass
+class Row:
+    rpc: str
+    workers: int
+    calls_per_second: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_call: float
+    statements_per_call: float | None
+    ratio: float
+    codes: dict[str, int]
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    orgs: list[str]
+    tokens: list[str]  # tokens[i] is the owner of orgs[i]
+
+
+def seed(url: str, scale: Scale) -> Dataset:
+    """Fills the database with SQL (seconds, not minutes): users, tokens, orgs, members,
+    modules and versions with one small file each."""
+    issued = [tokens.issue() for _ in range(scale.users)]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO users (email, display_name)"
+            " SELECT 'user' || i || '@bench.example', 'User ' || i FROM generate_series(1, %s) i",
+            [scale.users],
+        )
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM users WHERE email LIKE '%%@bench.example'"
+                " ORDER BY (split_part(substr(email, 5), '@', 1))::int"
+            ).fetchall()
+        ]
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO api_tokens (user_id, token_hash, prefix) VALUES (%s, %s, %s)",
+                [(uid, t.digest, t.prefix) for uid, t in zip(ids, issued, strict=True)],
+            )
+        conn.execute(
+            "INSERT INTO organizations (name, display_name, owner_id, quota_tier)"
+            " SELECT 'org-' || i, 'Org ' || i, u.id, 'unlimited'"
+            " FROM generate_series(1, %s) i"
+            " JOIN users u ON u.email = 'user' || i || '@bench.example'",
+            [scale.orgs],
+        )
+        conn.execute(
+            "INSERT INTO org_quotas (org_id, tier) SELECT id, 'unlimited' FROM organizations"
+        )
+        conn.execute(
+            "INSERT INTO organization_members (org_id, user_id, role)"
+            " SELECT o.id, o.owner_id, 'admin' FROM organizations o"
+        )
+        conn.execute(
+            "INSERT INTO organization_members (org_id, user_id, role)"
+            " SELECT o.id, u.id, 'developer' FROM organizations o"
+            " JOIN users u ON u.id <> o.owner_id"
+            " AND (hashtext(o.id::text || u.id::text) & 127) < 2"
+            " ON CONFLICT DO NOTHING"
+        )
+        conn.execute(
+            "INSERT INTO modules (org_id, name, is_public, created_by, description)"
+            " SELECT o.id, 'mod-' || m, m %% 2 = 0, o.owner_id, 'Module ' || m"
+            " FROM organizations o, generate_series(1, %s) m",
+            [scale.modules_per_org],
+        )
+        conn.execute(
+            "INSERT INTO module_versions (org_id, module_id, version, size_bytes, created_by,"
+            " digest)"
+            " SELECT md.org_id, md.id, '1.0.' || v, 60, md.created_by,"
+            " encode(sha256(convert_to(md.id::text || v, 'UTF8')), 'hex')"
+            " FROM modules md, generate_series(1, %s) v",
+            [scale.versions_per_module],
+        )
+        conn.execute(
+            "INSERT INTO version_files (org_id, version_id, path, content, size_bytes)"
+            " SELECT org_id, id, 'bench/v.proto',"
+            " 'syntax = \"proto3\";' || chr(10) || 'package bench;' || chr(10), 34"
+            " FROM module_versions"
+        )
+        conn.execute("ANALYZE")
+    return Dataset(
+        orgs=[f"org-{i}" for i in range(1, scale.orgs + 1)], tokens=[t.value for t in issued]
+    )
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_service(url: str, workers: int, data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SPOKE_")},
+        "DATABASE_URL": url,
+        "SPOKE_DATA_DIR": str(data_dir),
+        "SPOKE_LOG_LEVEL": "WARNING",
+        "SPOKE_POOL_MAX_SIZE": "10",
+    }
+    process = subprocess.Popen(
+        [SPOKE, "serve", "--workers", str(workers), "--listen", f"127.0.0.1:{port}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    while True:
+        line = process.stdout.readline()
+        if not line:
+            raise SystemExit("the service did not start")
+        if "serving on" in line:
+            return process, f"127.0.0.1:{port}"
+
+
+def start_echo() -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("echo_server.py"))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    return process, f"127.0.0.1:{process.stdout.readline().strip()}"
+
+
+def process_tree(pid: int) -> list[int]:
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [pid, *(int(c) for c in children.stdout.split())]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# --- the rows ----------------------------------------------------------------------------------
+
+
+def scenarios(data: Dataset, stamp: str) -> dict[str, tuple[str, list[loadgen.Call]]]:
+    """Method and calls per row; writes get calls that never collide."""
+    owners = list(zip(data.orgs, data.tokens, strict=False))
+    first_org, first_token = owners[0]
+    creates = 20_000
+    return {
+        "GetOrganization": (
+            "/spoke.v1.OrganizationService/GetOrganization",
+            [
+                (organization_pb2.GetOrganizationRequest(org=o).SerializeToString(), t)
+                for o, t in owners
+            ],
+        ),
+        "GetCurrentUser": (
+            "/spoke.v1.UserService/GetCurrentUser",
+            [(user_pb2.GetCurrentUserRequest().SerializeToString(), t) for t in data.tokens],
+        ),
+        "ListModules": (
+            "/spoke.v1.ModuleService/ListModules",
+            [
+                (module_pb2.ListModulesRequest(org=o, page_size=50).SerializeToString(), t)
+                for o, t in owners
+            ],
+        ),
+        "GetUsage": (
+            "/spoke.v1.QuotaService/GetUsage",
+            [(quota_pb2.GetUsageRequest(org=o).SerializeToString(), t) for o, t in owners],
+        ),
+        "CreateModule": (
+            "/spoke.v1.ModuleService/CreateModule",
+            [
+                (
+                    module_pb2.CreateModuleRequest(
+                        org=owners[i % len(owners)][0], name=f"new-{stamp}-{i}"
+                    ).SerializeToString(),
+                    owners[i % len(owners)][1],
+                )
+                for i in range(creates)
+            ],
+        ),
+        "CreateVersion": (
+            "/spoke.v1.ModuleService/CreateVersion",
+            [
+                (
+                    module_pb2.CreateVersionRequest(
+                        org=owners[i % len(owners)][0],
+                        module="mod-1",
+                        version=f"2.{stamp}.{i}",
+                        files=[
+                            module_pb2.ProtoFile(
+                                path="bench/a.proto", content=PROTO.format(n=i, i=1)
+                            ),
+                            module_pb2.ProtoFile(
+                                path="bench/b.proto", content=PROTO.format(n=i, i=2)
+                            ),
+                        ],
+                    ).SerializeToString(),
+                    owners[i % len(owners)][1],
+                )
+                for i in range(creates)
+            ],
+        ),
+        "CompileVersion (cached)": (
+            "/spoke.v1.ModuleService/CompileVersion",
+            [
+                (
+                    module_pb2.CompileVersionRequest(
+                        org=first_org, module="mod-1", version="1.0.1", languages=["python"]
+                    ).SerializeToString(),
+                    first_token,
+                )
+            ],
+        ),
+        "CompileVersion (uncached)": (
+            "/spoke.v1.ModuleService/CompileVersion",
+            [
+                (
+                    module_pb2.CompileVersionRequest(
+                        org=o, module=f"mod-{m}", version=f"1.0.{v}", languages=["python"]
+                    ).SerializeToString(),
+                    t,
+                )
+                for o, t in owners
+                for m in range(1, 3)
+                for v in range(1, 3)
+            ],
+        ),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    args = parser.parse_args()
+    scale = QUICK if args.quick else FULL
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="spoke-bench-"))
+    tmp.chmod(0o755)
+    admin_url = harness.admin_url(tmp / "pg")
+    url = harness.create_database(admin_url, prefix="spoke_bench")
+    services: list[subprocess.Popen[str]] = []
+    try:
+        migrations.apply(url, REPO_ROOT / "migrations")
+        data = seed(url, scale)
+        print(f"seeded in {time.monotonic() - started:.0f}s", file=sys.stderr)
+        echo, echo_address = start_echo()
+        services.append(echo)
+        stamp = dt.datetime.now(dt.UTC).strftime("%H%M%S")
+        rows: list[Row] = []
+        memory: dict[str, int] = {}
+        for workers in (1,) if args.quick else (1, 2):
+            service, address = start_service(url, workers, tmp / f"data-{workers}")
+            services.append(service)
+            pids = process_tree(service.pid)
+            baseline = measure(
+                "echo",
+                echo_address,
+                ECHO_METHOD,
+                [(b"\x0a\x05org-1", "")],
+                scale,
+                [echo.pid],
+                workers,
+            )
+            rows.append(baseline)
+            chosen = scenarios(data, f"{stamp}{workers}")
+            names = list(chosen) if workers == 1 else ["GetOrganization", "GetCurrentUser"]
+            for name in names:
+                method, calls = chosen[name]
+                if not supported(address, method, calls[0]):
+                    print(f"skipping {name}: not implemented by this server", file=sys.stderr)
+                    continue
+                row = measure(name, address, method, calls, scale, pids, workers)
+                row.ratio = row.calls_per_second / baseline.calls_per_second
+                rows.append(row)
+            if workers == 1:
+                memory = measure_memory(address, chosen["GetOrganization"][1], pids[-1], scale)
+            service.terminate()
+            service.wait(60)
+        counted = count_statements(url, data, stamp)
+        for row in rows:
+            row.statements_per_call = counted.get(row.rpc)
+        report(rows, memory, time.monotonic() - started, args.quick)
+    finally:
+        for service in services:
+            if service.poll() is None:
+                service.terminate()
+                service.wait(60)
+        harness.drop_database(admin_url, url)
+    return 0
+
+
+def supported(address: str, method: str, call: loadgen.Call) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        stub = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        try:
+            stub(call[0], metadata=(("authorization", f"Bearer {call[1]}"),), timeout=60)
+        except grpc.RpcError as exc:
+            return exc.code() is not grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+    return True
+
+
+def measure(
+    name: str,
+    address: str,
+    method: str,
+    calls: list[loadgen.Call],
+    scale: Scale,
+    pids: list[int],
+    workers: int,
+) -> Row:
+    before = cpu_seconds(pids)
+    clock = time.monotonic()
+    result = loadgen.run(address, method, calls, seconds=scale.seconds, warmup=scale.seconds / 4)
+    wall = time.monotonic() - clock
+    used = cpu_seconds(pids) - before
+    # CPU over the whole run (warm-up included) per call made in it, estimated from the rate.
+    made = result.rate * wall
+    return Row(
+        rpc=name,
+        workers=workers,
+        calls_per_second=result.rate,
+        p50_ms=result.percentile(0.5) * 1e3,
+        p99_ms=result.percentile(0.99) * 1e3,
+        cpu_us_per_call=used / made * 1e6 if made else 0.0,
+        statements_per_call=None,
+        ratio=1.0,
+        codes=dict(result.codes),
+    )
+
+
+def measure_memory(
+    address: str, calls: list[loadgen.Call], pid: int, scale: Scale
+) -> dict[str, int]:
+    """RSS of one worker after ``scale.memory_calls[0]`` and after ``[1]`` calls in total."""
+    first, second = scale.memory_calls
+    worker = max(process_tree(pid)) if len(process_tree(pid)) > 1 else pid
+
+    def drive(count: int) -> None:
+        done = 0
+        while done < count:
+            result = loadgen.run(
+                address,
+                "/spoke.v1.OrganizationService/GetOrganization",
+                calls,
+                seconds=2.0,
+                warmup=0.0,
+            )
+            done += max(1, result.calls)
+
+    drive(first)
+    after_first = rss_kib(worker)
+    drive(second - first)
+    return {
+        f"rss_kib_after_{first}": after_first,
+        f"rss_kib_after_{second}": rss_kib(worker),
+    }
+
+
+def count_statements(url: str, data: Dataset, stamp: str) -> dict[str, float]:
+    """Statements per call for each row, sequential calls through the protocol counter."""
+    proxy = CountingProxy(url)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def run(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(120)
+
+    async def make() -> SpokeServer:
+        return SpokeServer(Settings(health_check_interval_seconds=3600), proxy.url)
+
+    server = run(make())
+    port = run(server.start("127.0.0.1:0"))
+    counted: dict[str, float] = {}
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for name, (method, calls) in scenarios(data, f"{stamp}c").items():
+                stub = channel.unary_unary(
+                    method, request_serializer=None, response_deserializer=None
+                )
+                if not _answers(stub, calls[0]):
+                    continue
+                # Reads: warm on the calls measured (caches, prepared statements), as a
+                # service in steady state is; writes: distinct calls, never repeated.
+                n = 100
+                reads = len(calls) < 1000
+                measured = calls[:n] if reads else calls[1 + n : 1 + 2 * n]
+                for call in calls[1 : 1 + n]:
+                    _answers(stub, call)
+                with proxy._tally_lock:
+                    proxy.tally.clear()
+                for call in measured:
+                    _answers(stub, call)
+                with proxy._tally_lock:
+                    counted[name] = proxy.tally.get("statements", 0) / n
+    finally:
+        run(server.stop(0))
+        loop.call_soon_threadsafe(loop.stop)
+        proxy.close()
+    return counted
+
+
+def _answers(stub: Any, call: loadgen.Call) -> bool:
+    """Makes one call; False when the server does not implement the method."""
+    body, token = call
+    try:
+        stub(body, metadata=(("authorization", f"Bearer {token}"),), timeout=60)
+    except grpc.RpcError as exc:
+        return exc.code() is not grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+    return True
+
+
+def report(rows: list[Row], memory: dict[str, int], seconds: float, quick: bool) -> None:
+    print(
+        f"{'rpc':<28}{'workers':>8}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'cpu us/call':>13}{'stmts/call':>12}"
+    )
+    for row in rows:
+        statements = "-" if row.statements_per_call is None else f"{row.statements_per_call:.2f}"
+        print(
+            f"{row.rpc:<28}{row.workers:>8}{row.calls_per_second:>10.0f}{row.p50_ms:>9.2f}"
+            f"{row.p99_ms:>9.2f}{row.cpu_us_per_call:>13.0f}{statements:>12}"
+        )
+    for row in rows:
+        if row.rpc != "echo":
+            label = row.rpc.replace(" ", "")
+            suffix = "" if row.workers == 1 else f" (workers={row.workers})"
+            print(f"ratio {label}/echo = {row.ratio:.2f}{suffix}")
+    for key, value in memory.items():
+        print(f"{key} = {value}")
+    if len(memory) == 2:
+        first, second = memory.values()
+        print(f"rss growth = {(second - first) / first * 100:+.1f}%")
+    print(f"({'quick' if quick else 'full'} run in {seconds:.0f}s on {os.cpu_count()} cores)")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS / f"{stamp}{'-quick' if quick else ''}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "date": stamp,
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                "quick": quick,
+                "rows": [asdict(r) for r in rows],
+                "memory": memory,
+                "seconds": seconds,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {path.relative_to(REPO_ROOT)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+DROP TRIGGER modules_cache_truncate ON modules;
+DROP TRIGGER org_quotas_cache_truncate ON org_quotas;
+DROP TRIGGER organization_members_cache_truncate ON organization_members;
+DROP TRIGGER organizations_cache_truncate ON organizations;
+DROP TRIGGER api_tokens_cache_truncate ON api_tokens;
+DROP TRIGGER users_cache_truncate ON users;
+DROP FUNCTION spoke_cache_notify_all();
+DROP TRIGGER modules_cache ON modules;
+DROP TRIGGER org_quotas_cache ON org_quotas;
+DROP TRIGGER organization_members_cache ON organization_members;
+DROP TRIGGER organizations_cache ON organizations;
+DROP TRIGGER api_tokens_cache ON api_tokens;
+DROP TRIGGER users_cache ON users;
+DROP FUNCTION spoke_cache_notify();
