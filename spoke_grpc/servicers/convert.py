@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 from spoke.v1 import member_pb2, organization_pb2
 
@@ -68,3 +69,27 @@ def role_from_proto(field: str, value: int) -> Role:
 def _enum_message(prefix: str, known: Iterable[StrEnum], value: int) -> str:
     names = ", ".join(prefix + k.value.upper() for k in known)
     return f"must be one of {names}; got {value}"
+
+
+def mask_paths(
+    mask: FieldMask, updatable: Sequence[str], immutable: Sequence[str] = ()
+) -> set[str]:
+    """The paths of an update mask, checked: one rule for every Update RPC. Empty, immutable,
+    unknown or repeated paths are INVALID_ARGUMENT on ``update_mask``."""
+    paths = list(mask.paths)
+    if not paths:
+        raise InvalidArgument.field(
+            "update_mask", f"required: list the fields to update ({', '.join(updatable)})"
+        )
+    seen: set[str] = set()
+    for path in paths:
+        if path in immutable:
+            raise InvalidArgument.field("update_mask", f"{path!r} cannot be updated")
+        if path not in updatable:
+            raise InvalidArgument.field(
+                "update_mask", f"unknown field {path!r}; updatable: {', '.join(updatable)}"
+            )
+        if path in seen:
+            raise InvalidArgument.field("update_mask", f"{path!r} is listed twice")
+        seen.add(path)
+    return seen

@@ -21,7 +21,7 @@ from spoke_grpc.domain import compilation, dependency_graph
 from spoke_grpc.domain import modules as domain
 from spoke_grpc.domain.modules import BreakingChangePolicy
 from spoke_grpc.errors import InvalidArgument
-from spoke_grpc.servicers.convert import timestamp
+from spoke_grpc.servicers.convert import mask_paths, timestamp
 from spoke_grpc.store import modules as store
 from spoke_grpc.store import versions as version_store
 from spoke_grpc.store.modules import Module
@@ -104,23 +104,8 @@ def _source_to_proto(row: Version) -> module_pb2.VersionSource | None:
 
 def update_from_proto(request: module_pb2.UpdateModuleRequest) -> domain.ModuleUpdate:
     """Reads exactly the masked fields; an empty, unknown or repeated path is INVALID_ARGUMENT."""
-    paths = list(request.update_mask.paths)
-    if not paths:
-        raise InvalidArgument.field(
-            "update_mask", f"required: list the fields to update ({', '.join(_UPDATABLE_PATHS)})"
-        )
+    seen = mask_paths(request.update_mask, _UPDATABLE_PATHS, _IMMUTABLE_PATHS)
     source = request.update
-    seen: set[str] = set()
-    for path in paths:
-        if path in _IMMUTABLE_PATHS:
-            raise InvalidArgument.field("update_mask", f"{path!r} cannot be updated")
-        if path not in _UPDATABLE_PATHS:
-            raise InvalidArgument.field(
-                "update_mask", f"unknown field {path!r}; updatable: {', '.join(_UPDATABLE_PATHS)}"
-            )
-        if path in seen:
-            raise InvalidArgument.field("update_mask", f"{path!r} is listed twice")
-        seen.add(path)
     return domain.ModuleUpdate(
         description=source.description if "description" in seen else None,
         is_public=source.is_public if "is_public" in seen else None,

@@ -10,10 +10,10 @@ from spoke_grpc.app import App
 from spoke_grpc.call import current_call
 from spoke_grpc.domain import members
 from spoke_grpc.domain import organizations as domain
-from spoke_grpc.errors import InvalidArgument
 from spoke_grpc.servicers.convert import (
     STATUS_TO_PROTO,
     TIER_TO_PROTO,
+    mask_paths,
     status_from_proto,
     tier_from_proto,
     timestamp,
@@ -45,22 +45,9 @@ def update_from_proto(
     request: organization_pb2.UpdateOrganizationRequest,
 ) -> domain.OrganizationUpdate:
     """Reads exactly the masked fields; an empty or unknown path is INVALID_ARGUMENT."""
-    paths = list(request.update_mask.paths)
-    if not paths:
-        raise InvalidArgument.field(
-            "update_mask", f"required: list the fields to update ({', '.join(_UPDATABLE_PATHS)})"
-        )
     source = request.organization
     values: dict[str, object] = {}
-    for path in paths:
-        if path in _IMMUTABLE_PATHS:
-            raise InvalidArgument.field("update_mask", f"{path!r} cannot be updated")
-        if path not in _UPDATABLE_PATHS:
-            raise InvalidArgument.field(
-                "update_mask", f"unknown field {path!r}; updatable: {', '.join(_UPDATABLE_PATHS)}"
-            )
-        if path in values:
-            raise InvalidArgument.field("update_mask", f"{path!r} is listed twice")
+    for path in mask_paths(request.update_mask, _UPDATABLE_PATHS, _IMMUTABLE_PATHS):
         if path == "quota_tier":
             values[path] = tier_from_proto(
                 "organization.quota_tier", source.quota_tier, required=True

@@ -12,7 +12,7 @@ from spoke_grpc.app import App
 from spoke_grpc.call import current_call
 from spoke_grpc.domain import quotas as domain
 from spoke_grpc.errors import InvalidArgument
-from spoke_grpc.servicers.convert import TIER_TO_PROTO, tier_from_proto, timestamp
+from spoke_grpc.servicers.convert import TIER_TO_PROTO, mask_paths, tier_from_proto, timestamp
 from spoke_grpc.store import quotas as store
 from spoke_grpc.store import usage as usage_store
 from spoke_grpc.store.quotas import QuotaRow
@@ -33,18 +33,7 @@ def quotas_to_proto(row: QuotaRow) -> quota_pb2.Quotas:
 
 def update_from_proto(request: quota_pb2.UpdateQuotasRequest) -> domain.QuotaUpdate:
     """Exactly the masked fields; a listed limit left unset means unlimited."""
-    paths = list(request.update_mask.paths)
-    if not paths:
-        raise InvalidArgument.field(
-            "update_mask", f"required: list the fields to update ({', '.join(_PATHS)})"
-        )
-    if len(set(paths)) != len(paths):
-        raise InvalidArgument.field("update_mask", "a field is listed twice")
-    unknown = [p for p in paths if p not in _PATHS]
-    if unknown:
-        raise InvalidArgument.field(
-            "update_mask", f"unknown field {unknown[0]!r}; updatable: {', '.join(_PATHS)}"
-        )
+    paths = mask_paths(request.update_mask, _PATHS)
     source = request.quotas
     tier = tier_from_proto("quotas.tier", source.tier, required=True) if "tier" in paths else None
     limits: dict[str, int | None] = {}
