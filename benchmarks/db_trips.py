@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import socket
 import struct
 import sys
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,22 +116,8 @@ class CountingProxy(DatabaseProxy):
         self._tally_lock = threading.Lock()
         super().__init__(database_url)
 
-    def _pump(self, src: Any, dst: Any) -> None:
-        from_client = src.family == socket.AF_INET and src.getsockname()[1] == self.port
-        if not from_client:  # server-to-client: not counted
-            super()._pump(src, dst)
-            return
-        counter = ProtocolCounter(self.tally, self._tally_lock)
-        try:
-            while data := src.recv(65536):
-                counter.feed(data)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+    def client_reader(self) -> Callable[[bytes], None]:
+        return ProtocolCounter(self.tally, self._tally_lock).feed
 
 
 def main() -> int:

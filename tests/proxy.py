@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
@@ -72,12 +73,21 @@ class DatabaseProxy:
                     client.close()
                     continue
                 self._open.update((client, upstream))
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            directions = ((client, upstream, self.client_reader()), (upstream, client, None))
+            for src, dst, reader in directions:
+                threading.Thread(target=self._pump, args=(src, dst, reader), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def client_reader(self) -> Callable[[bytes], None] | None:
+        """For subclasses: something that reads what one client connection sends."""
+        return None
+
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, reader: Callable[[bytes], None] | None
+    ) -> None:
         try:
             while data := src.recv(65536):
+                if reader is not None:
+                    reader(data)
                 dst.sendall(data)
         except OSError:
             pass
