@@ -2,23 +2,21 @@
 headers it will send, and why it failed.
 
 The telemetry interceptor (outermost) starts the record; code further in reads or adds to
-it through a ContextVar, as ``spoke_grpc.call`` does for the CallContext. grpc sends
-initial metadata once per call, so interceptors never send it themselves: they add
-headers here (``add_response_headers``) and ``send_response_headers`` sends them all in
-one go, before the response or, for a failed call, before the abort (the errors
-interceptor calls it), so a caller gets ``x-request-id`` either way.
+it through a ContextVar, as ``spoke_grpc.call`` does for the CallContext. Interceptors
+never send headers themselves: they add them here (``add_response_headers``) and they go
+out together as the call's trailing metadata, with the response or, for a failed call,
+with its status (``response_headers``), so a caller gets ``x-request-id`` either way.
+Trailing rather than initial metadata: it travels with the status at no cost, where
+sending initial metadata early is an extra round through grpc for every call.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import uuid
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-
-from grpc import aio
 
 REQUEST_ID_HEADER = "x-request-id"
 # A caller's id is used as is when it is short visible ASCII (no spaces, no control
@@ -67,7 +65,7 @@ def current_request_id() -> str | None:
 
 
 def add_response_headers(headers: Iterable[Header]) -> None:
-    """Queues response headers (initial metadata) of the current call."""
+    """Queues response headers (trailing metadata) of the current call."""
     record = _current.get()
     if record is not None:
         record.response_headers.extend(headers)
@@ -80,12 +78,10 @@ def note_failure(reason: str) -> None:
         record.reason = reason
 
 
-async def send_response_headers(context: aio.ServicerContext) -> None:
-    """Sends the current call's queued response headers, once."""
+def response_headers() -> tuple[Header, ...]:
+    """The current call's queued response headers, handed out once (then empty)."""
     record = _current.get()
     if record is None or record.headers_sent:
-        return
+        return ()
     record.headers_sent = True
-    # UsageError: the call is already over (cancelled); nobody is left to read them.
-    with contextlib.suppress(aio.UsageError):
-        await context.send_initial_metadata(tuple(record.response_headers))
+    return tuple(record.response_headers)

@@ -58,7 +58,7 @@ def test_access_line_has_method_code_duration_org_caller_and_request_id(admin: C
             metadata=with_request_id(admin, "req-123"),
             timeout=10,
         )
-    assert dict(call.initial_metadata())["x-request-id"] == "req-123"
+    assert dict(call.trailing_metadata())["x-request-id"] == "req-123"
     [line] = access_lines(captured, "req-123")
     assert line["message"] == "call"
     assert line["level"] == "INFO"
@@ -76,7 +76,7 @@ def test_a_request_id_is_made_when_missing_or_unusable(admin: Client) -> None:
         metadata = admin.metadata() + ([("x-request-id", sent)] if sent is not None else [])
         stub = user_pb2_grpc.UserServiceStub(admin.channel)
         _, call = stub.GetCurrentUser.with_call(ME, metadata=metadata, timeout=10)
-        returned = dict(call.initial_metadata())["x-request-id"]
+        returned = dict(call.trailing_metadata())["x-request-id"]
         assert re.fullmatch(r"[0-9a-f]{32}", returned), (sent, returned)
 
 
@@ -90,7 +90,7 @@ def test_failed_calls_return_the_request_id_with_the_rate_limit_headers(admin: C
         )
     except grpc.RpcError as exc:
         assert exc.code() is grpc.StatusCode.INVALID_ARGUMENT
-        headers = dict(exc.initial_metadata())  # type: ignore[attr-defined]
+        headers = dict(exc.trailing_metadata())  # type: ignore[attr-defined]
     else:
         raise AssertionError("the call succeeded")
     assert headers["x-request-id"] == "bad-module-1"
@@ -119,7 +119,7 @@ def test_internal_error_reference_is_the_request_id_found_in_every_line_of_the_c
     exc = raised.value
     assert exc.code() is grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
     assert "reference bug-42" in exc.details()  # type: ignore[attr-defined]
-    assert dict(exc.initial_metadata())["x-request-id"] == "bug-42"  # type: ignore[attr-defined]
+    assert dict(exc.trailing_metadata())["x-request-id"] == "bug-42"  # type: ignore[attr-defined]
     assert (access["code"], access["reason"]) == ("INTERNAL", "INTERNAL")
     lines = [e for e in captured.entries() if e.get("request_id") == "bug-42"]
     error = next(e for e in lines if e["level"] == "ERROR")

@@ -20,7 +20,7 @@ from grpc import aio
 from grpc_status import rpc_status
 from psycopg_pool import PoolTimeout
 
-from spoke_grpc.call_record import current_request_id, note_failure, send_response_headers
+from spoke_grpc.call_record import current_request_id, note_failure, response_headers
 from spoke_grpc.config import Settings
 from spoke_grpc.database import is_unavailable, overloaded, unavailable
 from spoke_grpc.errors import Internal, SpokeError
@@ -52,9 +52,9 @@ class ErrorsInterceptor(PolicyInterceptor):
         except Exception as exc:
             error = self._classify(policy, exc)
         note_failure(error.reason)
-        await send_response_headers(context)
         status = rpc_status.to_status(error.to_status())
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        trailing = (*response_headers(), *status.trailing_metadata)
+        await context.abort(status.code, status.details, trailing)
 
     def _classify(self, policy: Policy, exc: Exception) -> SpokeError:
         if isinstance(exc, PoolTimeout):

@@ -4,7 +4,7 @@ Outermost of the spoke.v1 interceptors (inside only the OpenTelemetry one, when 
 is on), so it sees every call with its final status code, calls refused by the
 concurrency cap or at the edge included. The request id is the caller's ``x-request-id``
 when it is a short printable one, else a new one; it is returned as ``x-request-id``
-response metadata (with any other response headers, in one send: see
+trailing response metadata (with any other response headers: see
 ``spoke_grpc.call_record``), is in every log line of the call and is the reference of an
 INTERNAL error.
 
@@ -31,7 +31,7 @@ from spoke_grpc.call import current_call
 from spoke_grpc.call_record import (
     CallRecord,
     request_id_from,
-    send_response_headers,
+    response_headers,
     start_record,
 )
 from spoke_grpc.interceptors.base import Behavior, PolicyInterceptor
@@ -61,7 +61,8 @@ class TelemetryInterceptor(PolicyInterceptor):
         code = grpc.StatusCode.OK
         try:
             response = await call_next(request, context)
-            await send_response_headers(context)
+            if headers := response_headers():
+                context.set_trailing_metadata(headers)
             return response
         except aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN

@@ -176,7 +176,7 @@ def test_responses_carry_rate_limit_metadata(admin: Client, users: Users) -> Non
     seen = []
     for _ in range(3):
         _, call = owner.orgs.GetOrganization.with_call(opb.GetOrganizationRequest(org="metered"))
-        headers = dict(call.initial_metadata())
+        headers = dict(call.trailing_metadata())
         seen.append(int(headers["x-ratelimit-remaining"]))
         assert headers["x-ratelimit-limit"] == "100"
         assert 1 <= int(headers["x-ratelimit-reset"]) <= 3600
@@ -186,7 +186,7 @@ def test_responses_carry_rate_limit_metadata(admin: Client, users: Users) -> Non
         describe(owner, "metered", "refused")
     except grpc.RpcError as exc:
         assert exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-        headers = dict(exc.initial_metadata())  # type: ignore[attr-defined]
+        headers = dict(exc.trailing_metadata())  # type: ignore[attr-defined]
         assert headers["x-ratelimit-remaining"] == "0"
     else:
         raise AssertionError("the write over the limit succeeded")
@@ -374,7 +374,7 @@ def test_hour_and_month_rollover(own_database: str, tmp_path: Path) -> None:
 
         clock.set(dt.datetime(2030, 2, 1, 0, 5, tzinfo=dt.UTC))  # a new hour and a new month
         _, call = client.orgs.GetOrganization.with_call(opb.GetOrganizationRequest(org="rolling"))
-        assert dict(call.initial_metadata())["x-ratelimit-remaining"] == "99"
+        assert dict(call.trailing_metadata())["x-ratelimit-remaining"] == "99"
         february = client.quotas.GetUsage(qpb.GetUsageRequest(org="rolling")).usage
         assert (february.api_requests_this_hour, february.api_requests) == (2, 2)
         assert february.period_end.ToDatetime(dt.UTC) == dt.datetime(2030, 3, 1, tzinfo=dt.UTC)
