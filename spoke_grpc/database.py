@@ -150,19 +150,38 @@ def create_pool(
     )
 
 
+class Lease:
+    """The call's pooled connection, checked out on first use: a read the cache answers
+    whole takes none. ``checkout`` enters the pool's context in the call's exit stack, so
+    the connection goes back to the pool when the call ends, however it ends."""
+
+    def __init__(self, checkout: Callable[[], Awaitable[AsyncConnection]]) -> None:
+        self._checkout = checkout
+        self.conn: AsyncConnection | None = None
+
+    async def get(self) -> AsyncConnection:
+        if self.conn is None:
+            self.conn = await self._checkout()
+        return self.conn
+
+
 @dataclass
 class UnitOfWork:
-    """One call's connection; ``writes`` when it runs in one explicit transaction.
+    """One call's connection (through its lease); ``writes`` when it runs in one explicit
+    transaction.
 
     Code that must record something even when the call fails (the audit of a refused
     write) registers a hook; hooks run on the same connection after the rollback.
     """
 
-    conn: AsyncConnection
+    lease: Lease
     writes: bool
     rollback_hooks: list[RollbackHook] = field(default_factory=list)
     # Shared by every attempt of the call: what must happen once per call, not per retry.
     done_once: set[str] = field(default_factory=set)
+
+    async def connection(self) -> AsyncConnection:
+        return await self.lease.get()
 
     def first_time(self, what: str) -> bool:
         """True the first time ``what`` is asked about in this call, across retries."""

@@ -170,12 +170,12 @@ class CallContext:
     principal: Principal | None = None
     org: OrgContext | None = None
 
-    @property
-    def db(self) -> AsyncConnection:
-        """The call's connection: inside the call's transaction when the method writes."""
+    async def connection(self) -> AsyncConnection:
+        """The call's connection (checked out now if it was not yet): inside the call's
+        transaction when the method writes."""
         if self.unit is None:
             raise RuntimeError(f"{self.policy.method} has no unit of work")
-        return self.unit.conn
+        return await self.unit.connection()
 
     def require_principal(self) -> Principal:
         if self.principal is None:  # the auth interceptor guarantees this for non-anonymous calls

@@ -15,7 +15,6 @@ from dataclasses import replace
 from typing import Any
 
 from grpc import aio
-from psycopg import AsyncConnection
 
 from spoke_grpc import tokens
 from spoke_grpc.cache import AccessCache
@@ -23,7 +22,7 @@ from spoke_grpc.call import current_call, set_call
 from spoke_grpc.errors import PermissionDenied, Unauthenticated
 from spoke_grpc.interceptors.base import Behavior, PolicyInterceptor
 from spoke_grpc.store import access
-from spoke_grpc.types import Access, OrgRef, Policy
+from spoke_grpc.types import Access, CallContext, OrgRef, Policy
 from spoke_grpc.validation import parse_org_ref
 
 _MAX_TOKEN_LENGTH = 128
@@ -36,7 +35,7 @@ class AuthInterceptor(PolicyInterceptor):
 
     async def _resolve(
         self,
-        conn: AsyncConnection,
+        call: CallContext,
         policy: Policy,
         digest: bytes | None,
         org: OrgRef | None,
@@ -45,14 +44,22 @@ class AuthInterceptor(PolicyInterceptor):
         """Reads come from the cache when they can; writes always read (and lock) the rows."""
         if not policy.read_only:
             return await access.resolve(
-                conn, token_digest=digest, org=org, lock=True, public=policy.public_read
+                await call.connection(),
+                token_digest=digest,
+                org=org,
+                lock=True,
+                public=policy.public_read,
             )
         key = (digest, request.org if org is not None else None, policy.public_read)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         resolved = await access.resolve(
-            conn, token_digest=digest, org=org, lock=False, public=policy.public_read
+            await call.connection(),
+            token_digest=digest,
+            org=org,
+            lock=False,
+            public=policy.public_read,
         )
         complete = (digest is None or resolved.principal is not None) and (
             org is None or resolved.org is not None
@@ -74,7 +81,7 @@ class AuthInterceptor(PolicyInterceptor):
         org = parse_org_ref(request.org) if policy.org_scoped else None
         principal, org_context = None, None
         if digest is not None or org is not None:
-            resolved = await self._resolve(call.db, policy, digest, org, request)
+            resolved = await self._resolve(call, policy, digest, org, request)
             principal, org_context = resolved.principal, resolved.org
         if digest is not None and principal is None:
             raise Unauthenticated("invalid or revoked API token")

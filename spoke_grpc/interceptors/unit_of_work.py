@@ -1,4 +1,4 @@
-"""One unit of work per call: one pool checkout, and for writes one transaction.
+"""One unit of work per call: at most one pool checkout, and for writes one transaction.
 
 Everything the call does (authentication, org resolution, the access check, the work and
 its audit event) runs on the connection checked out here; a write runs inside one
@@ -12,6 +12,7 @@ call again, a few times, then answers ABORTED.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import Any
@@ -22,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from spoke_grpc.cache import AccessCache
 from spoke_grpc.call import current_call, set_call
 from spoke_grpc.config import Settings
-from spoke_grpc.database import UnitOfWork, is_retryable
+from spoke_grpc.database import Lease, UnitOfWork, is_retryable
 from spoke_grpc.errors import Aborted, DeadlineExceeded
 from spoke_grpc.interceptors.base import Behavior, PolicyInterceptor
 from spoke_grpc.types import CallContext, Policy
@@ -61,15 +62,17 @@ class UnitOfWorkInterceptor(PolicyInterceptor):
     async def _run(
         self, policy: Policy, request: Any, context: aio.ServicerContext, call_next: Behavior
     ) -> Any:
-        async with self._pool.connection() as conn:
+        async with contextlib.AsyncExitStack() as stack:
+            lease = Lease(lambda: stack.enter_async_context(self._pool.connection()))
             attempt = 1
             done_once: set[str] = set()
             while True:
-                unit = UnitOfWork(conn, writes=not policy.read_only, done_once=done_once)
+                unit = UnitOfWork(lease, writes=not policy.read_only, done_once=done_once)
                 set_call(CallContext(policy=policy, unit=unit))
                 try:
                     if not unit.writes:
                         return await call_next(request, context)
+                    conn = await lease.get()
                     async with conn.transaction():
                         response = await call_next(request, context)
                     self._forget_cached(current_call())
@@ -107,6 +110,6 @@ async def _run_rollback_hooks(unit: UnitOfWork, policy: Policy) -> None:
     """After a failed call, what must be recorded anyway; never changes the call's outcome."""
     for hook in unit.rollback_hooks:
         try:
-            await hook(unit.conn)
+            await hook(await unit.connection())
         except Exception:
             log.warning("%s: could not run a rollback hook", policy.method, exc_info=True)

@@ -60,7 +60,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         org = call.require_org()
         pages = self._app.pages
         page = pages.request("members", org.id, request.page_size, request.page_token, _MEMBER_KEY)
-        rows = await store.list_members(call.db, org.id, page)
+        rows = await store.list_members(await call.connection(), org.id, page)
         return member_pb2.ListMembersResponse(
             members=[member_to_proto(r) for r in rows[: page.size]],
             next_page_token=pages.next_token(
@@ -73,7 +73,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
     ) -> member_pb2.AddMemberResponse:
         call = current_call()
         member = await domain.add_member(
-            call.db,
+            await call.connection(),
             call.require_org(),
             request.user,
             role_from_proto("role", request.role),
@@ -87,7 +87,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
     ) -> member_pb2.UpdateMemberRoleResponse:
         call = current_call()
         member = await domain.update_member_role(
-            call.db,
+            await call.connection(),
             call.require_org(),
             request.user_id,
             role_from_proto("role", request.role),
@@ -101,7 +101,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
     ) -> member_pb2.RemoveMemberResponse:
         call = current_call()
         await domain.remove_member(
-            call.db,
+            await call.connection(),
             call.require_org(),
             request.user_id,
             principal=call.require_principal(),
@@ -114,7 +114,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
     ) -> member_pb2.CreateInvitationResponse:
         call = current_call()
         created = await domain.create_invitation(
-            call.db,
+            await call.connection(),
             call.require_org(),
             request.email,
             role_from_proto("role", request.role),
@@ -135,7 +135,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         page = pages.request(
             "invitations", org.id, request.page_size, request.page_token, _INVITATION_KEY
         )
-        rows = await store.list_invitations(call.db, org.id, page)
+        rows = await store.list_invitations(await call.connection(), org.id, page)
         return member_pb2.ListInvitationsResponse(
             invitations=[invitation_to_proto(r) for r in rows[: page.size]],
             next_page_token=pages.next_token(
@@ -148,7 +148,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
     ) -> member_pb2.RevokeInvitationResponse:
         call = current_call()
         invitation = await domain.revoke_invitation(
-            call.db,
+            await call.connection(),
             call.require_org(),
             request.invitation_id,
             principal=call.require_principal(),
@@ -161,6 +161,9 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
     ) -> member_pb2.AcceptInvitationResponse:
         call = current_call()
         member = await domain.accept_invitation(
-            call.db, request.token, principal=call.require_principal(), method=call.policy.method
+            await call.connection(),
+            request.token,
+            principal=call.require_principal(),
+            method=call.policy.method,
         )
         return member_pb2.AcceptInvitationResponse(member=member_to_proto(member))

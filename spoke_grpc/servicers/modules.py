@@ -142,7 +142,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             ),
         )
         row = await domain.create_module(
-            call.db,
+            await call.connection(),
             call.require_org(),
             new,
             principal=call.require_principal(),
@@ -155,7 +155,10 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> module_pb2.GetModuleResponse:
         call = current_call()
         row = await domain.get_module(
-            call.db, call.require_org(), request.module, public_only=public_only(call)
+            await call.connection(),
+            call.require_org(),
+            request.module,
+            public_only=public_only(call),
         )
         return module_pb2.GetModuleResponse(module=module_to_proto(row))
 
@@ -171,7 +174,9 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         page = pages.request(
             "modules", scope, request.page_size, request.page_token, (pagination.text,)
         )
-        rows = await store.list_modules(call.db, org.id, public_only=public, page=page)
+        rows = await store.list_modules(
+            await call.connection(), org.id, public_only=public, page=page
+        )
         return module_pb2.ListModulesResponse(
             modules=[module_to_proto(r) for r in rows[: page.size]],
             next_page_token=pages.next_token("modules", scope, rows, page, lambda r: [r.name]),
@@ -183,7 +188,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         call = current_call()
         update = update_from_proto(request)
         row = await domain.update_module(
-            call.db,
+            await call.connection(),
             call.require_org(),
             request.module,
             update,
@@ -197,7 +202,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> module_pb2.DeleteModuleResponse:
         call = current_call()
         await domain.delete_module(
-            call.db,
+            await call.connection(),
             call.require_org(),
             request.module,
             force=request.force,
@@ -224,7 +229,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             ),
         )
         view = await domain.create_version(
-            call.db,
+            await call.connection(),
             call.require_org(),
             request.module,
             new,
@@ -239,7 +244,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> module_pb2.GetVersionResponse:
         call = current_call()
         view = await domain.get_version(
-            call.db,
+            await call.connection(),
             call.require_org(),
             request.module,
             request.version,
@@ -253,7 +258,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         call = current_call()
         org = call.require_org()
         module = await domain.get_module(
-            call.db, org, request.module, public_only=public_only(call)
+            await call.connection(), org, request.module, public_only=public_only(call)
         )
         scope = str(module.id)
         pages = self._app.pages
@@ -264,8 +269,8 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             request.page_token,
             (pagination.timestamp, pagination.uuid_part),
         )
-        rows = await version_store.list_versions(call.db, org.id, module.id, page)
-        views = await domain.list_versions(call.db, org, module, rows[: page.size])
+        rows = await version_store.list_versions(await call.connection(), org.id, module.id, page)
+        views = await domain.list_versions(await call.connection(), org, module, rows[: page.size])
         # A page cut short by its size budget continues after its last version.
         shown = replace(page, size=len(views)) if len(views) < page.size else page
         return module_pb2.ListVersionsResponse(
@@ -282,10 +287,14 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         org = call.require_org()
         languages = compilation.parse_languages(request.languages)  # before any database work
         module, version, _ = await domain.find_version(
-            call.db, org, request.module, request.version, public_only=public_only(call)
+            await call.connection(),
+            org,
+            request.module,
+            request.version,
+            public_only=public_only(call),
         )
         build = await compilation.compile_version(
-            call.db,
+            await call.connection(),
             org,
             module,
             version,
@@ -309,7 +318,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         call = current_call()
         org = call.require_org()
         module, version, against = await domain.find_version(
-            call.db,
+            await call.connection(),
             org,
             request.module,
             request.version,
@@ -319,7 +328,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         if against is None:  # find_version returns it whenever against_ref is given
             raise RuntimeError("CheckCompatibility found no against_version")
         violations = await compilation.check_compatibility(
-            call.db,
+            await call.connection(),
             org,
             module,
             version,
@@ -342,14 +351,14 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> module_pb2.GetDependencyGraphResponse:
         call = current_call()
         module, version, _ = await domain.find_version(
-            call.db,
+            await call.connection(),
             call.require_org(),
             request.module,
             request.version,
             public_only=public_only(call),
         )
         graph = await dependency_graph.dependency_graph(
-            call.db, module, version, principal=call.principal
+            await call.connection(), module, version, principal=call.principal
         )
         return module_pb2.GetDependencyGraphResponse(
             nodes=[
@@ -383,7 +392,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             request.page_token,
             (pagination.text, pagination.text),
         )
-        rows = await store.search_public(call.db, request.query, page)
+        rows = await store.search_public(await call.connection(), request.query, page)
         return module_pb2.ListPublicModulesResponse(
             modules=[module_to_proto(r) for r in rows[: page.size]],
             next_page_token=pages.next_token(

@@ -77,7 +77,7 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
             settings=dict(request.settings),
         )
         row = await domain.create_organization(
-            call.db,
+            await call.connection(),
             new,
             principal=call.require_principal(),
             default_tier=self._app.settings.default_quota_tier,
@@ -104,7 +104,7 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
         page = pages.request(
             "organizations", scope, request.page_size, request.page_token, (pagination.text,)
         )
-        rows = await store.list_orgs(call.db, member_id, page)
+        rows = await store.list_orgs(await call.connection(), member_id, page)
         return organization_pb2.ListOrganizationsResponse(
             organizations=[org_to_proto(r) for r in rows[: page.size]],
             next_page_token=pages.next_token(
@@ -118,7 +118,7 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
         call = current_call()
         update = update_from_proto(request)
         row = await domain.update_organization(
-            call.db,
+            await call.connection(),
             call.require_org(),
             update,
             principal=call.require_principal(),
@@ -131,7 +131,7 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
     ) -> organization_pb2.DeleteOrganizationResponse:
         call = current_call()
         await domain.delete_organization(
-            call.db,
+            await call.connection(),
             call.require_org(),
             force=request.force,
             principal=call.require_principal(),
@@ -144,7 +144,7 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
     ) -> organization_pb2.TransferOwnershipResponse:
         call = current_call()
         row = await members.transfer_ownership(
-            call.db,
+            await call.connection(),
             call.require_org(),
             request.user_id,
             principal=call.require_principal(),

@@ -77,7 +77,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         self, request: quota_pb2.GetQuotasRequest, context: aio.ServicerContext
     ) -> quota_pb2.GetQuotasResponse:
         call = current_call()
-        row = await store.get_quotas(call.db, call.require_org().id)
+        row = await store.get_quotas(await call.connection(), call.require_org().id)
         return quota_pb2.GetQuotasResponse(quotas=quotas_to_proto(row))
 
     async def UpdateQuotas(
@@ -85,7 +85,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     ) -> quota_pb2.UpdateQuotasResponse:
         call = current_call()
         row = await domain.update_quotas(
-            call.db,
+            await call.connection(),
             call.require_org(),
             update_from_proto(request),
             principal=call.require_principal(),
@@ -105,7 +105,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         buffer = self._app.usage
         now = buffer.clock()
         month, hour = month_start(now), hour_start(now)
-        live = await usage_store.live_usage(call.db, org.id, month.date(), hour)
+        live = await usage_store.live_usage(await call.connection(), org.id, month.date(), hour)
         return _usage(
             now,
             modules=live.modules,
@@ -128,7 +128,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         now = self._app.usage.clock()
         current = month_start(now).date()
         rows = await usage_store.periods(
-            call.db,
+            await call.connection(),
             org.id,
             first=month_start(org.org.created_at).date(),
             current=current,

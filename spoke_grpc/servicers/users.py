@@ -55,7 +55,10 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
             email=request.email, display_name=request.display_name, is_admin=request.is_admin
         )
         created = await domain.create_user(
-            call.db, new, actor_id=call.require_principal().user_id, method=call.policy.method
+            await call.connection(),
+            new,
+            actor_id=call.require_principal().user_id,
+            method=call.policy.method,
         )
         return user_pb2.CreateUserResponse(
             user=user_to_proto(created.user), token=created.token.value
@@ -66,7 +69,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     ) -> user_pb2.CreateApiTokenResponse:
         call = current_call()
         row, token = await domain.create_api_token(
-            call.db,
+            await call.connection(),
             call.require_principal().user_id,
             request.description,
             method=call.policy.method,
@@ -82,7 +85,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         page = pages.request(
             "api_tokens", principal.user_id, request.page_size, request.page_token, _TOKEN_KEY
         )
-        rows = await store.list_tokens(call.db, principal.user_id, page)
+        rows = await store.list_tokens(await call.connection(), principal.user_id, page)
         return user_pb2.ListApiTokensResponse(
             api_tokens=[token_to_proto(r) for r in rows[: page.size]],
             next_page_token=pages.next_token(
@@ -95,7 +98,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     ) -> user_pb2.RevokeApiTokenResponse:
         call = current_call()
         await domain.revoke_api_token(
-            call.db,
+            await call.connection(),
             call.require_principal().user_id,
             request.api_token_id,
             method=call.policy.method,

@@ -70,18 +70,22 @@ def suspend(org: str) -> pb.UpdateOrganizationRequest:
     )
 
 
-def test_one_pool_checkout_per_call(admin: Client, server: ServerThread) -> None:
+def test_at_most_one_pool_checkout_per_call(admin: Client, server: ServerThread) -> None:
     admin.orgs.CreateOrganization(pb.CreateOrganizationRequest(name="checkouts"))
-    calls: list[Callable[[], Any]] = [
-        lambda: admin.users.GetCurrentUser(ME),
-        lambda: admin.orgs.GetOrganization(pb.GetOrganizationRequest(org="checkouts")),
-        lambda: admin.orgs.UpdateOrganization(describe("checkouts", "x")),
-        lambda: failure(lambda: admin.orgs.GetOrganization(pb.GetOrganizationRequest(org="nope"))),
-    ]
-    for call in calls:
+
+    def checkouts(call: Callable[[], Any]) -> int:
         before = server.server.pool.get_stats().get("requests_num", 0)
         call()
-        assert server.server.pool.get_stats().get("requests_num", 0) - before == 1
+        return int(server.server.pool.get_stats().get("requests_num", 0) - before)
+
+    get = lambda: admin.orgs.GetOrganization(pb.GetOrganizationRequest(org="checkouts"))  # noqa: E731
+    eventually(lambda: server.server.cache.enabled)
+    assert checkouts(lambda: admin.orgs.UpdateOrganization(describe("checkouts", "x"))) == 1
+    assert checkouts(get) == 1  # not cached yet: one checkout, one statement
+    assert checkouts(get) == 0  # answered from the cache: no connection at all
+    assert checkouts(lambda: admin.users.GetCurrentUser(ME)) <= 1
+    missing = lambda: admin.orgs.GetOrganization(pb.GetOrganizationRequest(org="nope"))  # noqa: E731
+    assert checkouts(lambda: failure(missing)) == 1
 
 
 def test_sessions_run_in_utc_under_the_server_maximum(server: ServerThread) -> None:
