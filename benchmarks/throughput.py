@@ -50,6 +50,10 @@ PROTO = (
 )
 
 
+# Rows whose calls must never repeat: creates, and compiles that must miss the cache.
+DISTINCT = frozenset({"CreateModule", "CreateVersion", "CompileVersion (uncached)"})
+
+
 @dataclass(frozen=True)
 class Scale:
     users: int
@@ -201,9 +205,14 @@ def start_echo() -> tuple[subprocess.Popen[str], str]:
     return process, f"127.0.0.1:{process.stdout.readline().strip()}"
 
 
+def children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(c) for c in found.stdout.split()]
+
+
 def process_tree(pid: int) -> list[int]:
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [pid, *(int(c) for c in children.stdout.split())]
+    """``pid`` and all its descendants (workers, their protoc processes)."""
+    return [pid, *(p for child in children(pid) for p in process_tree(child))]
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -214,7 +223,8 @@ def cpu_seconds(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except FileNotFoundError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        # utime, stime, and cutime, cstime: its children that ended (protoc runs)
+        total += sum(int(f) for f in fields[11:15])
     return total / ticks
 
 
@@ -341,14 +351,14 @@ def main() -> int:
         for workers in (1,) if args.quick else (1, 2):
             service, address = start_service(url, workers, tmp / f"data-{workers}")
             services.append(service)
-            pids = process_tree(service.pid)
+            worker = children(service.pid)[0]
             baseline = measure(
                 "echo",
                 echo_address,
                 ECHO_METHOD,
                 [(b"\x0a\x05org-1", "")],
                 scale,
-                [echo.pid],
+                echo.pid,
                 workers,
             )
             rows.append(baseline)
@@ -356,14 +366,14 @@ def main() -> int:
             names = list(chosen) if workers == 1 else ["GetOrganization", "GetCurrentUser"]
             for name in names:
                 method, calls = chosen[name]
-                if not supported(address, method, calls[0]):
+                if not supported(address, method, calls[-1]):
                     print(f"skipping {name}: not implemented by this server", file=sys.stderr)
                     continue
-                row = measure(name, address, method, calls, scale, pids, workers)
+                row = measure(name, address, method, calls, scale, service.pid, workers)
                 row.ratio = row.calls_per_second / baseline.calls_per_second
                 rows.append(row)
             if workers == 1:
-                memory = measure_memory(address, chosen["GetOrganization"][1], pids[-1], scale)
+                memory = measure_memory(address, chosen["GetOrganization"][1], worker, scale)
             service.terminate()
             service.wait(60)
         counted = count_statements(url, data, stamp)
@@ -395,14 +405,17 @@ def measure(
     method: str,
     calls: list[loadgen.Call],
     scale: Scale,
-    pids: list[int],
+    root: int,
     workers: int,
 ) -> Row:
+    """Drives one row; CPU is the whole process tree's under ``root``, read before and after
+    (processes that come and go meanwhile, such as protoc runs, are counted while alive)."""
+    pids = process_tree(root)
     before = cpu_seconds(pids)
     clock = time.monotonic()
     result = loadgen.run(address, method, calls, seconds=scale.seconds, warmup=scale.seconds / 4)
     wall = time.monotonic() - clock
-    used = cpu_seconds(pids) - before
+    used = cpu_seconds(process_tree(root)) - before
     # CPU over the whole run (warm-up included) per call made in it, estimated from the rate.
     made = result.rate * wall
     return Row(
@@ -421,9 +434,8 @@ def measure(
 def measure_memory(
     address: str, calls: list[loadgen.Call], pid: int, scale: Scale
 ) -> dict[str, int]:
-    """RSS of one worker after ``scale.memory_calls[0]`` and after ``[1]`` calls in total."""
+    """RSS of the worker ``pid`` after ``scale.memory_calls[0]`` and after ``[1]`` calls."""
     first, second = scale.memory_calls
-    worker = max(process_tree(pid)) if len(process_tree(pid)) > 1 else pid
 
     def drive(count: int) -> None:
         done = 0
@@ -438,11 +450,11 @@ def measure_memory(
             done += max(1, result.calls)
 
     drive(first)
-    after_first = rss_kib(worker)
+    after_first = rss_kib(pid)
     drive(second - first)
     return {
         f"rss_kib_after_{first}": after_first,
-        f"rss_kib_after_{second}": rss_kib(worker),
+        f"rss_kib_after_{second}": rss_kib(pid),
     }
 
 
@@ -468,14 +480,16 @@ def count_statements(url: str, data: Dataset, stamp: str) -> dict[str, float]:
                 stub = channel.unary_unary(
                     method, request_serializer=None, response_deserializer=None
                 )
-                if not _answers(stub, calls[0]):
+                if not _answers(stub, calls[-1]):
                     continue
                 # Reads: warm on the calls measured (caches, prepared statements), as a
-                # service in steady state is; writes: distinct calls, never repeated.
+                # service in steady state is; the others: distinct calls, never repeated.
                 n = 100
-                reads = len(calls) < 1000
-                measured = calls[:n] if reads else calls[1 + n : 1 + 2 * n]
-                for call in calls[1 : 1 + n]:
+                if name in DISTINCT:
+                    warm, measured = calls[1 : 1 + n], calls[1 + n : 1 + 2 * n]
+                else:
+                    warm = measured = [calls[i % len(calls)] for i in range(n)]
+                for call in warm:
                     _answers(stub, call)
                 with proxy._tally_lock:
                     proxy.tally.clear()
