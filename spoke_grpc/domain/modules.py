@@ -617,14 +617,31 @@ async def find_version(
     return module, row, against
 
 
+def visible_edges(edges: Sequence[Edge], *, public_only: bool, sees_all: bool) -> list[Edge]:
+    """The dependencies the reader may learn of (SPEC §3). Members and platform admins see
+    every dependency of their org's versions, as pushed (a deleted one marked so); a reader
+    from outside sees only those on modules that are public now: a private module of the
+    org, or one deleted since, is left out, unnamed."""
+    if sees_all or not public_only:
+        return list(edges)
+    return [e for e in edges if e.dep_public and not e.deleted]
+
+
 async def get_version(
-    conn: AsyncConnection, org: OrgContext, module_ref: str, ref: str, *, public_only: bool
+    conn: AsyncConnection,
+    org: OrgContext,
+    module_ref: str,
+    ref: str,
+    *,
+    public_only: bool,
+    sees_all: bool = False,
 ) -> VersionView:
-    """The version with its files' contents and its dependencies."""
+    """The version with its files' contents and the dependencies the reader may see."""
     module, row, _ = await find_version(conn, org, module_ref, ref, public_only=public_only)
     files = await version_store.files_of(conn, org.id, [row.id], contents=True)
     edges = await version_store.edges_of(conn, org.id, [row.id])
-    return VersionView(module, row, files.get(row.id, []), edges.get(row.id, []))
+    shown = visible_edges(edges.get(row.id, []), public_only=public_only, sees_all=sees_all)
+    return VersionView(module, row, files.get(row.id, []), shown)
 
 
 async def list_versions(
@@ -632,6 +649,9 @@ async def list_versions(
     org: OrgContext,
     module: Module,
     rows: Sequence[Version],
+    *,
+    public_only: bool,
+    sees_all: bool = False,
 ) -> list[VersionView]:
     """``rows`` with their file paths and sizes (no contents) and their dependencies, cut
     short (never below one version) where the file listings would pass LIST_BUDGET_BYTES:
@@ -646,7 +666,8 @@ async def list_versions(
         budget -= sum(len(f.path) + _LISTED_FILE_OVERHEAD for f in listed)
         if views and budget < 0:
             break
-        views.append(VersionView(module, row, listed, edges.get(row.id, [])))
+        shown = visible_edges(edges.get(row.id, []), public_only=public_only, sees_all=sees_all)
+        views.append(VersionView(module, row, listed, shown))
     return views
 
 

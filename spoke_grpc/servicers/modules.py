@@ -125,6 +125,11 @@ def public_only(call: CallContext) -> bool:
     return org.role is None and not (call.principal is not None and call.principal.is_admin)
 
 
+def sees_all(call: CallContext) -> bool:
+    """A platform admin may read every module, private ones of any org included."""
+    return call.principal is not None and call.principal.is_admin
+
+
 class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     def __init__(self, app: App) -> None:
         self._app = app
@@ -249,6 +254,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             request.module,
             request.version,
             public_only=public_only(call),
+            sees_all=sees_all(call),
         )
         return module_pb2.GetVersionResponse(version=version_to_proto(view))
 
@@ -270,7 +276,14 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             (pagination.timestamp, pagination.uuid_part),
         )
         rows = await version_store.list_versions(await call.connection(), org.id, module.id, page)
-        views = await domain.list_versions(await call.connection(), org, module, rows[: page.size])
+        views = await domain.list_versions(
+            await call.connection(),
+            org,
+            module,
+            rows[: page.size],
+            public_only=public_only(call),
+            sees_all=sees_all(call),
+        )
         # A page cut short by its size budget continues after its last version.
         shown = replace(page, size=len(views)) if len(views) < page.size else page
         return module_pb2.ListVersionsResponse(

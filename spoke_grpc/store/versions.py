@@ -67,6 +67,7 @@ class Edge:
     dep_module_name: str
     dep_version: str
     deleted: bool
+    dep_public: bool = False  # the dependency's module is public now
 
     @property
     def label(self) -> str:
@@ -193,7 +194,9 @@ async def edges_of(
             "SELECT d.version_id, d.position, d.dep_org_id, d.dep_module_id, d.dep_version_id,"
             " d.dep_org_name, d.dep_module_name, d.dep_version,"
             " NOT EXISTS (SELECT 1 FROM module_versions t"
-            "   WHERE t.org_id = d.dep_org_id AND t.id = d.dep_version_id) AS deleted"
+            "   WHERE t.org_id = d.dep_org_id AND t.id = d.dep_version_id) AS deleted,"
+            " EXISTS (SELECT 1 FROM modules m WHERE m.org_id = d.dep_org_id"
+            "   AND m.id = d.dep_module_id AND m.is_public) AS dep_public"
             " FROM version_dependencies d WHERE d.org_id = %s AND d.version_id = ANY(%s)"
             " ORDER BY d.version_id, d.position",
             [org_id, list(version_ids)],

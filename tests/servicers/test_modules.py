@@ -1401,3 +1401,32 @@ def test_a_delete_waits_for_a_push_in_flight_and_then_sees_its_edge(
             )
             push_in_flight.commit()
             assert deleting.result(timeout=30) == "FAILED_PRECONDITION"
+
+
+@pytest.mark.parametrize("who", ["anonymous", "stranger"])
+def test_outsiders_never_see_private_dependencies_named(
+    acme: Client, anonymous: Client, users: Users, who: str
+) -> None:
+    # A public module whose version depends on a private one of the same org.
+    create_module(acme, "acme", "hidden-base")
+    push(acme, "acme", "hidden-base", "1.0.0", BASE)
+    create_module(acme, "acme", "open-app", is_public=True)
+    push(acme, "acme", "open-app", "1.0.0", USES_BASE, deps=[("acme", "hidden-base", "1.0.0")])
+    member_view = get_version(acme, "acme", "open-app", "1.0.0")
+    assert [d.module for d in member_view.dependencies] == ["hidden-base"]
+    client = anonymous if who == "anonymous" else users.create()
+    outside = get_version(client, "acme", "open-app", "1.0.0")
+    assert list(outside.dependencies) == []
+    listed = client.modules.ListVersions(pb.ListVersionsRequest(org="acme", module="open-app"))
+    assert [list(v.dependencies) for v in listed.versions] == [[]]
+    # Once the dependency is public, outsiders see it named.
+    acme.modules.UpdateModule(
+        pb.UpdateModuleRequest(
+            org="acme",
+            module="hidden-base",
+            update=pb.Module(is_public=True),
+            update_mask=FieldMask(paths=["is_public"]),
+        )
+    )
+    shown = get_version(client, "acme", "open-app", "1.0.0")
+    assert [d.module for d in shown.dependencies] == ["hidden-base"]
