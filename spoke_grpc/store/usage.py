@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.rows import class_row
 
 from spoke_grpc.pagination import PageRequest
@@ -52,6 +52,14 @@ async def flush(
     return {(row[0], row[1]): int(row[2]) for row in await cur.fetchall()}
 
 
+# The live gauges of one organization (%(org)s), in one place for every query that needs them.
+_GAUGES = sql.SQL(
+    "SELECT (SELECT count(*) FROM modules WHERE org_id = %(org)s) AS modules,"
+    " count(*) AS versions, coalesce(sum(size_bytes), 0)::bigint AS storage_bytes"
+    " FROM module_versions WHERE org_id = %(org)s"
+)
+
+
 @dataclass(frozen=True)
 class Gauges:
     modules: int
@@ -76,17 +84,16 @@ async def live_usage(
 ) -> LiveUsage:
     async with conn.cursor(row_factory=class_row(LiveUsage)) as cur:
         await cur.execute(
-            "SELECT"
-            " (SELECT count(*) FROM modules WHERE org_id = %(org)s) AS modules,"
-            " (SELECT count(*) FROM module_versions WHERE org_id = %(org)s) AS versions,"
-            " (SELECT coalesce(sum(size_bytes), 0)::bigint FROM module_versions"
-            "   WHERE org_id = %(org)s) AS storage_bytes,"
-            " coalesce(p.compile_jobs, 0) AS compile_jobs,"
-            " coalesce(p.api_requests, 0) AS api_requests,"
-            " coalesce((SELECT requests FROM org_api_requests_hourly"
-            "   WHERE org_id = %(org)s AND hour_start = %(hour)s), 0) AS api_requests_this_hour"
-            " FROM (SELECT 1) AS one LEFT JOIN org_usage_periods p"
-            "   ON p.org_id = %(org)s AND p.period_start = %(month)s",
+            sql.SQL(
+                "SELECT g.modules, g.versions, g.storage_bytes,"
+                " coalesce(p.compile_jobs, 0) AS compile_jobs,"
+                " coalesce(p.api_requests, 0) AS api_requests,"
+                " coalesce((SELECT requests FROM org_api_requests_hourly"
+                "   WHERE org_id = %(org)s AND hour_start = %(hour)s), 0)"
+                "   AS api_requests_this_hour"
+                " FROM ({}) AS g LEFT JOIN org_usage_periods p"
+                "   ON p.org_id = %(org)s AND p.period_start = %(month)s"
+            ).format(_GAUGES),
             {"org": org_id, "month": month, "hour": hour},
         )
         row = await cur.fetchone()
@@ -97,12 +104,7 @@ async def live_usage(
 
 async def gauges(conn: AsyncConnection, org_id: uuid.UUID) -> Gauges:
     """Modules, versions and stored bytes of the organization, counted now."""
-    cur = await conn.execute(
-        "SELECT (SELECT count(*) FROM modules WHERE org_id = %(org)s),"
-        " count(*), coalesce(sum(size_bytes), 0)::bigint"
-        " FROM module_versions WHERE org_id = %(org)s",
-        {"org": org_id},
-    )
+    cur = await conn.execute(_GAUGES, {"org": org_id})
     row = await cur.fetchone()
     if row is None:
         raise RuntimeError("gauges query returned no row")
@@ -112,14 +114,13 @@ async def gauges(conn: AsyncConnection, org_id: uuid.UUID) -> Gauges:
 async def record_gauges(conn: AsyncConnection, org_id: uuid.UUID) -> None:
     """Stores the live gauges on this UTC month's record (after a change to them)."""
     await conn.execute(
-        "INSERT INTO org_usage_periods AS p (org_id, period_start, modules, versions,"
-        " storage_bytes)"
-        " SELECT %(org)s, date_trunc('month', now())::date,"
-        " (SELECT count(*) FROM modules WHERE org_id = %(org)s),"
-        " count(*), coalesce(sum(size_bytes), 0)::bigint"
-        " FROM module_versions WHERE org_id = %(org)s"
-        " ON CONFLICT (org_id, period_start) DO UPDATE SET modules = EXCLUDED.modules,"
-        " versions = EXCLUDED.versions, storage_bytes = EXCLUDED.storage_bytes",
+        sql.SQL(
+            "INSERT INTO org_usage_periods AS p (org_id, period_start, modules, versions,"
+            " storage_bytes)"
+            " SELECT %(org)s, date_trunc('month', now())::date, g.* FROM ({}) AS g"
+            " ON CONFLICT (org_id, period_start) DO UPDATE SET modules = EXCLUDED.modules,"
+            " versions = EXCLUDED.versions, storage_bytes = EXCLUDED.storage_bytes"
+        ).format(_GAUGES),
         {"org": org_id},
     )
 
