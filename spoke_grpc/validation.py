@@ -106,13 +106,13 @@ class Violations:
             else:
                 self.text(path, item, max_length=MAX_SETTING_VALUE)
 
-    def uuid(self, field: str, value: str) -> uuid.UUID | None:
-        parsed = parse_uuid(value)
-        if not value:
-            self.add(field, "required")
-        elif parsed is None:
-            self.add(field, "must be a UUID")
-        return parsed
+
+def required_uuid(field: str, value: str, *, what: str = "a UUID") -> uuid.UUID:
+    """The id in ``value``; INVALID_ARGUMENT on ``field`` when it is empty or not a UUID."""
+    parsed = parse_uuid(value)
+    if parsed is None:
+        raise InvalidArgument.field(field, f"must be {what}" if value else "required")
+    return parsed
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:

@@ -31,7 +31,7 @@ from spoke_grpc.errors import (
 from spoke_grpc.store import audit, members, organizations, outbox, users
 from spoke_grpc.store.members import InvitationRow, MemberRow
 from spoke_grpc.types import Organization, OrgContext, OrgStatus, Principal, Role
-from spoke_grpc.validation import Violations, parse_uuid
+from spoke_grpc.validation import Violations, parse_uuid, required_uuid
 
 _MAX_INVITATION_TOKEN = 128
 
@@ -43,10 +43,7 @@ class CreatedInvitation:
 
 
 def _user_id(field: str, value: str) -> uuid.UUID:
-    parsed = parse_uuid(value)
-    if parsed is None:
-        raise InvalidArgument.field(field, "must be a user id (UUID)" if value else "required")
-    return parsed
+    return required_uuid(field, value, what="a user id (UUID)")
 
 
 def _violation(kind: str, org: OrgContext, description: str) -> FailedPrecondition:
@@ -188,9 +185,7 @@ async def revoke_invitation(
     conn: AsyncConnection, org: OrgContext, ref: str, *, principal: Principal, method: str
 ) -> InvitationRow:
     """Revokes a pending invitation of this org; repeating it (or an expired one) is harmless."""
-    invitation_id = parse_uuid(ref)
-    if invitation_id is None:
-        raise InvalidArgument.field("invitation_id", "must be a UUID" if ref else "required")
+    invitation_id = required_uuid("invitation_id", ref)
     invitation = await members.get_invitation(conn, org.id, invitation_id)
     if invitation is None:
         raise NotFound("invitation", ref)

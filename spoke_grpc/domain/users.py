@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from psycopg import AsyncConnection
 
 from spoke_grpc import tokens
-from spoke_grpc.errors import InvalidArgument, NotFound
+from spoke_grpc.errors import NotFound
 from spoke_grpc.store import audit, users
 from spoke_grpc.store.users import ApiTokenRow
 from spoke_grpc.types import User
-from spoke_grpc.validation import MAX_DISPLAY_NAME, Violations, parse_uuid
+from spoke_grpc.validation import MAX_DISPLAY_NAME, Violations, required_uuid
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,7 @@ async def revoke_api_token(
     conn: AsyncConnection, user_id: uuid.UUID, token_ref: str, *, method: str
 ) -> None:
     """Revokes one of the user's own tokens; another user's token is NOT_FOUND."""
-    token_id = parse_uuid(token_ref)
-    if token_id is None:
-        raise InvalidArgument.field("api_token_id", "must be a UUID" if token_ref else "required")
+    token_id = required_uuid("api_token_id", token_ref)
     if not await users.revoke_token(conn, user_id, token_id):
         raise NotFound("api token", token_ref)
     await audit.record(
