@@ -21,7 +21,6 @@ Memory is bounded: at most ``max_entries`` entries, least recently used first ou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from spoke_grpc import background
 from spoke_grpc.config import Settings
 from spoke_grpc.database import connect
 from spoke_grpc.store.access import Resolved
@@ -157,11 +157,8 @@ class CacheListener:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="cache-listener")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await background.cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from psycopg_pool import AsyncConnectionPool
 
+from spoke_grpc import background
 from spoke_grpc.config import Settings
 from spoke_grpc.database import connect, is_unavailable
 
@@ -117,9 +118,6 @@ class DatabaseHealth:
 
     async def shutdown(self) -> None:
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await background.cancel(self._task)
         await self._close_connection()
         await self.servicer.enter_graceful_shutdown()

@@ -20,7 +20,6 @@ with a warning.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -29,6 +28,7 @@ from collections.abc import Callable
 
 from psycopg_pool import AsyncConnectionPool
 
+from spoke_grpc import background
 from spoke_grpc.store import usage as store
 
 log = logging.getLogger(__name__)
@@ -143,11 +143,8 @@ class UsageBuffer:
 
     async def stop(self) -> None:
         """Stops the flush task and flushes what is left (once)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await background.cancel(self._task)
+        self._task = None
         if not await self.flush() and self._pending:
             log.error(
                 "usage: %d org-hours of API request counts could not be written at shutdown",
