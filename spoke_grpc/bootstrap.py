@@ -15,8 +15,11 @@ import errno
 import os
 from pathlib import Path
 
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from spoke_grpc.config import Settings
+from spoke_grpc.database import connect
 from spoke_grpc.domain.users import NewUser, create_user
 from spoke_grpc.store import users
 
@@ -37,9 +40,26 @@ async def ensure_bootstrap_admin(pool: AsyncConnectionPool, token_file: Path) ->
     Raises BootstrapError, creating no admin, when ``token_file`` exists or cannot be
     written.
     """
+    async with pool.connection() as conn:
+        return await _ensure(conn, token_file)
+
+
+async def bootstrap_before_serving(
+    database_url: str, settings: Settings, token_file: Path
+) -> Path | None:
+    """``ensure_bootstrap_admin`` on a connection of its own, for ``serve`` to call before
+    it listens: once health answers SERVING, the token file is there to read."""
+    timeout = max(1, int(settings.pool_timeout_seconds))
+    async with await connect(
+        database_url, settings, connect_timeout=timeout, autocommit=True
+    ) as conn:
+        return await _ensure(conn, token_file)
+
+
+async def _ensure(conn: AsyncConnection, token_file: Path) -> Path | None:
     written = False
     try:
-        async with pool.connection() as conn, conn.transaction():
+        async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
             if await users.count_users(conn):
                 return None

@@ -21,7 +21,7 @@ from psycopg_pool import PoolTimeout
 from yoyo.connections import BadConnectionURI
 
 from spoke_grpc import logs, migrations, tracing, workers
-from spoke_grpc.bootstrap import BootstrapError, ensure_bootstrap_admin
+from spoke_grpc.bootstrap import BootstrapError, bootstrap_before_serving
 from spoke_grpc.config import ConfigError, Settings
 from spoke_grpc.database import connect, is_unavailable
 from spoke_grpc.domain.users import NewUser, create_user
@@ -181,6 +181,13 @@ async def _run_server(
     worker: bool,
     metrics_socket: Path | None = None,
 ) -> int:
+    if not worker:  # a worker's supervisor made the bootstrap admin and reports the address
+        # Before listening: once health answers SERVING, the token file can be read.
+        token_file = await bootstrap_before_serving(url, settings, settings.token_file)
+        if token_file is not None:
+            print(f"bootstrap platform-admin token written to {token_file} (mode 0600)", flush=True)
+        else:
+            log.info("users exist; no bootstrap admin created (see 'spoke-grpc users create')")
     traces = tracing.provider_from_env()  # None unless OTEL_* settings ask for traces
     server = SpokeServer(
         settings, url, tracer_provider=traces, reuse_port=worker, metrics_socket=metrics_socket
@@ -191,16 +198,7 @@ async def _run_server(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    if not worker:  # a worker's supervisor made the bootstrap admin and reports the address
-        try:
-            token_file = await ensure_bootstrap_admin(server.pool, settings.token_file)
-        except BaseException:
-            await server.stop(0)
-            raise
-        if token_file is not None:
-            print(f"bootstrap platform-admin token written to {token_file} (mode 0600)", flush=True)
-        else:
-            log.info("users exist; no bootstrap admin created (see 'spoke-grpc users create')")
+    if not worker:
         host = (listen or settings.listen).rsplit(":", 1)[0]
         print(f"spoke-grpc serving on {host}:{port}", flush=True)
     await stop.wait()

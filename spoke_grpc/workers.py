@@ -27,9 +27,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from spoke_grpc.bootstrap import ensure_bootstrap_admin
+from spoke_grpc.bootstrap import bootstrap_before_serving
 from spoke_grpc.config import ConfigError, Settings
-from spoke_grpc.database import create_pool
 from spoke_grpc.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ def supervise(settings: Settings, database_url: str, address: str, count: int) -
     if not port.isdigit() or int(port) == 0:
         raise ConfigError(f"--workers needs a fixed port to share, got {address!r}")
     _check_free(host, int(port), address)
-    token_file = asyncio.run(_bootstrap(settings, database_url))
+    token_file = asyncio.run(bootstrap_before_serving(database_url, settings, settings.token_file))
     if token_file is not None:
         print(f"bootstrap platform-admin token written to {token_file} (mode 0600)", flush=True)
     metrics = WorkerMetrics(settings.metrics_listen) if settings.metrics_listen else None
@@ -96,15 +95,6 @@ def _check_free(host: str, port: int, address: str) -> None:
                 f"cannot listen on {address}: the address is in use or not available here"
                 " (is another server running?); choose another with --listen or SPOKE_LISTEN"
             ) from None
-
-
-async def _bootstrap(settings: Settings, database_url: str) -> Path | None:
-    pool = create_pool(database_url, settings)
-    await pool.open(wait=True, timeout=settings.pool_timeout_seconds)
-    try:
-        return await ensure_bootstrap_admin(pool, settings.token_file)
-    finally:
-        await pool.close()
 
 
 def _start(index: int, database_url: str, address: str, metrics: Path | None) -> _Worker:
