@@ -1,8 +1,8 @@
 """A load generator: several client processes, each with many calls in flight (grpc.aio).
 
 ``run`` sends raw request bytes to one method for a while and returns the calls made, the
-status codes and a sample of latencies. The same generator drives the echo baseline and the
-service, so their figures compare.
+status codes and a sample of the OK calls' latencies. The same generator drives the echo
+baseline and the service, so their figures compare.
 """
 
 from __future__ import annotations
@@ -39,6 +39,16 @@ class Result:
     def rate(self) -> float:
         return self.calls / self.seconds if self.seconds else 0.0
 
+    @property
+    def ok_rate(self) -> float:
+        """Calls answered OK per second: refused calls (busy, over quota) do no work."""
+        return self.codes["OK"] / self.seconds if self.seconds else 0.0
+
+    @property
+    def refused(self) -> float:
+        """The share of calls that did not answer OK."""
+        return 1 - self.codes["OK"] / self.calls if self.calls else 0.0
+
     def percentile(self, q: float) -> float:
         if not self.latencies:
             return 0.0
@@ -73,7 +83,7 @@ async def _drive(
                 if began >= measure_from and finished <= end:
                     result.calls += 1
                     result.codes[code] += 1
-                    if len(result.latencies) < _MAX_SAMPLES:
+                    if code == "OK" and len(result.latencies) < _MAX_SAMPLES:
                         result.latencies.append(finished - began)
                 del now
 

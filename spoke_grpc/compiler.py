@@ -293,12 +293,13 @@ class Compiler:
         dependencies: Sequence[DependencyFiles],
         *,
         descriptor_set: bool = False,
+        refuse: bool = False,
     ) -> CompileResult:
-        """Compiles ``files`` (the inputs) against ``dependencies`` and the well-known types,
-        waiting for a worker however busy the pool is.
+        """Compiles ``files`` (the inputs) against ``dependencies`` and the well-known types.
 
         With ``descriptor_set``, a successful result carries the serialized
-        ``FileDescriptorSet`` of the inputs and everything they import.
+        ``FileDescriptorSet`` of the inputs and everything they import. With ``refuse``,
+        raises ``CompilerBusy`` when the pool and its queue are full; otherwise waits.
         """
         tree, providers, violations = _layout(files, dependencies)
         if violations:
@@ -309,7 +310,7 @@ class Compiler:
             time_limit_seconds=self.time_limit_seconds,
             descriptor_set=descriptor_set,
         )
-        self._take_slot()
+        self._take_slot(refuse=refuse)
         outcome = await self._protoc(job)
         if outcome.exit_code == 0:
             return CompileResult((), outcome.descriptor_set)

@@ -433,7 +433,11 @@ async def create_version(
     resolved = await _resolve_dependencies(conn, org, module, new.dependencies)
     dependency_files = await _dependency_files(conn, resolved)
     reject = BreakingChangePolicy(module.breaking_change_policy) is BreakingChangePolicy.REJECT
-    compiled = await compiler.compile(new.files, dependency_files, descriptor_set=reject)
+    # A full compile pool refuses the push at once (RESOURCE_EXHAUSTED, RetryInfo): waiting
+    # would hold this call's pool connection for the length of the compiles ahead of it.
+    compiled = await compiler.compile(
+        new.files, dependency_files, descriptor_set=reject, refuse=True
+    )
     if compiled.violations:
         raise InvalidArgument(compiled.violations)
     if reject:

@@ -340,6 +340,41 @@ def test_a_full_queue_refuses_at_once_with_retry_info_and_counts_nothing(
     assert cold.compile().descriptor_set  # the slots are free again
 
 
+def test_a_push_while_the_compile_pool_is_full_is_refused_at_once_and_stores_nothing(
+    acme: Client, server: ServerThread, db: psycopg.Connection[Any]
+) -> None:
+    """A push compiles its files: when every worker and queue slot is taken it is refused
+    (retry later) rather than holding its pool connection while it waits its turn."""
+    tag = marker()
+    create_module(acme, "acme", "queued")
+    files = {f"t{tag}/q.proto": money(f"t{tag}", tag)}
+    usage_before = acme.quotas.GetUsage(qpb.GetUsageRequest(org="acme")).usage
+    held = hold_every_slot(server, 0.8)
+    try:
+        started = time.monotonic()
+        error = failure(lambda: push(acme, "acme", "queued", "1.0.0", files))
+        refused_in = time.monotonic() - started
+        assert all(not f.done() for f in held)  # refused while the slots were held
+    finally:
+        for future in held:
+            future.result(timeout=10)
+    assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.error_info.reason == "COMPILER_BUSY"
+    assert error.detail(error_details_pb2.RetryInfo).retry_delay.seconds == 1
+    assert refused_in < 0.3
+    stored = db.execute(
+        "SELECT count(*) FROM module_versions v"
+        " JOIN modules m ON (m.org_id, m.id) = (v.org_id, v.module_id) WHERE m.name = 'queued'"
+    ).fetchone()
+    assert stored == (0,)
+    usage = acme.quotas.GetUsage(qpb.GetUsageRequest(org="acme")).usage
+    assert (usage.versions, usage.storage_bytes) == (
+        usage_before.versions,
+        usage_before.storage_bytes,
+    )
+    assert push(acme, "acme", "queued", "1.0.0", files).version == "1.0.0"  # free again
+
+
 @pytest.fixture
 def slow_server(settings: Settings, database_url: str) -> Iterator[ServerThread]:
     """A second server on the same database whose compiles may run 10 ms."""
