@@ -65,6 +65,9 @@ class Settings:
     smtp_url: str | None = None
     email_from: str = "spoke@localhost"
     email_interval_seconds: float = 1.0
+    # How clients reach the service, for the invitation email's example call: host:port
+    # (plaintext) or grpcs://host:port (TLS, e.g. at a load balancer). None: ``listen``.
+    public_address: str | None = None
     # Operating (README "Operating"): metrics address (None: off), log format, overload cap
     # (0: none) and HTTP/2 connection lifetime and keepalive (0: grpc's default).
     metrics_listen: str | None = None
@@ -73,6 +76,15 @@ class Settings:
     max_connection_age_seconds: float = 300.0
     max_connection_age_grace_seconds: float = 30.0
     keepalive_time_seconds: float = 60.0
+
+    @property
+    def public_target(self) -> tuple[str, bool]:
+        """Where clients call (``host:port``), and whether over TLS."""
+        address = self.public_address or self.listen
+        for scheme, tls in (("grpcs://", True), ("grpc://", False)):
+            if address.startswith(scheme):
+                return address.removeprefix(scheme), tls
+        return address, False
 
     @property
     def token_file(self) -> Path:
@@ -177,6 +189,7 @@ class Settings:
             ),
             smtp_url=check_smtp_url(env.get("SPOKE_SMTP_URL") or None),
             email_from=env.get("SPOKE_EMAIL_FROM") or defaults.email_from,
+            public_address=check_public_address(env.get("SPOKE_PUBLIC_ADDRESS") or None),
             email_interval_seconds=number(
                 "SPOKE_EMAIL_INTERVAL", defaults.email_interval_seconds, minimum=0.01
             ),
@@ -213,6 +226,20 @@ def check_listen(address: str | None, name: str = "SPOKE_METRICS_LISTEN") -> str
     host, sep, port = address.rpartition(":")
     if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ConfigError(f"{name} must be host:port (e.g. 127.0.0.1:9464), got {address!r}")
+    return address
+
+
+def check_public_address(address: str | None) -> str | None:
+    """``SPOKE_PUBLIC_ADDRESS``: ``host:port``, ``grpc://host:port`` or ``grpcs://host:port``."""
+    if address is None:
+        return None
+    bare = address.removeprefix("grpcs://").removeprefix("grpc://")
+    if "://" in bare or "/" in bare:
+        raise ConfigError(
+            "SPOKE_PUBLIC_ADDRESS must be host:port, grpc://host:port or grpcs://host:port"
+            f" (e.g. grpcs://spoke.example.com:443), got {address!r}"
+        )
+    check_listen(bare, "SPOKE_PUBLIC_ADDRESS")
     return address
 
 

@@ -52,6 +52,8 @@ def compose(due: DueEmail, token: str, settings: Settings) -> EmailMessage:
         inviter = "An administrator"
     expires = due.expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     request = '{"token": "' + token + '"}'
+    address, tls = settings.public_target
+    plaintext = "" if tls else "-plaintext "
     message = EmailMessage()
     message["To"] = due.email
     message["From"] = settings.email_from
@@ -65,8 +67,8 @@ def compose(due: DueEmail, token: str, settings: Settings) -> EmailMessage:
         f" API token of your Spoke account for {due.email}:\n\n"
         f"    {token}\n\n"
         f"For example, with grpcurl:\n\n"
-        f'    grpcurl -plaintext -H "authorization: Bearer <your API token>"'
-        f" -d '{request}' {settings.listen} spoke.v1.MemberService/AcceptInvitation\n\n"
+        f'    grpcurl {plaintext}-H "authorization: Bearer <your API token>"'
+        f" -d '{request}' {address} spoke.v1.MemberService/AcceptInvitation\n\n"
         f"The token can be used once. If you did not expect this invitation, ignore this email.\n"
     )
     return message

@@ -9,6 +9,7 @@ as a digest, and only once its email went out.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import email
 import email.policy
 import hashlib
@@ -17,6 +18,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -32,7 +34,8 @@ from spoke.v1 import member_pb2, organization_pb2
 
 from spoke_grpc.bootstrap import ensure_bootstrap_admin
 from spoke_grpc.config import ConfigError, Settings, SmtpServer, parse_smtp_url
-from spoke_grpc.mailer import NOT_PENDING, InvitationMailer, retry_delay
+from spoke_grpc.mailer import NOT_PENDING, InvitationMailer, compose, retry_delay
+from spoke_grpc.store.outbox import DueEmail
 from spoke_grpc.tokens import INVITATION_TOKEN_PREFIX
 from tests import harness
 from tests.conftest import TENANT_TABLES, Users, free_port
@@ -550,3 +553,50 @@ def test_bad_smtp_url_is_a_config_error(url: str, fragment: str) -> None:
     assert "secret" not in message
     with pytest.raises(ConfigError):
         InvitationMailer(Settings(smtp_url=url), "postgresql://unused")
+
+
+# --- where the email says to call -----------------------------------------------------------
+
+
+def due_email() -> DueEmail:
+    return DueEmail(
+        org_id=uuid.uuid4(),
+        id=uuid.uuid4(),
+        invitation_id=uuid.uuid4(),
+        attempts=0,
+        email="ada@example.com",
+        role="developer",
+        expires_at=dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        pending=True,
+        org_name="acme",
+        org_display_name="Acme Corp",
+        inviter_name=None,
+        inviter_email=None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("public", "call"),
+    [
+        pytest.param(None, "grpcurl -plaintext -H", id="unset: the listen address"),
+        pytest.param("spoke.internal:50051", "grpcurl -plaintext -H", id="host:port"),
+        pytest.param("grpc://spoke.internal:50051", "grpcurl -plaintext -H", id="grpc"),
+        pytest.param("grpcs://spoke.example.com:443", "grpcurl -H", id="grpcs: TLS"),
+    ],
+)
+def test_the_email_names_the_address_clients_reach(public: str | None, call: str) -> None:
+    env = {"SPOKE_LISTEN": "0.0.0.0:50051"} | ({"SPOKE_PUBLIC_ADDRESS": public} if public else {})
+    settings = Settings.from_env(env)
+    body = compose(due_email(), "spoke_inv_x", settings).get_content()
+    [line] = [line.strip() for line in body.splitlines() if "grpcurl " in line]
+    address = (public or "0.0.0.0:50051").split("://")[-1]
+    assert line.startswith(call + ' "authorization: Bearer <your API token>"')
+    assert line.endswith(f" {address} spoke.v1.MemberService/AcceptInvitation")
+
+
+@pytest.mark.parametrize(
+    "public", ["spoke.example.com", "https://spoke.example.com:443", "grpcs://h:443/x", "h:99999"]
+)
+def test_a_bad_public_address_names_the_setting(public: str) -> None:
+    with pytest.raises(ConfigError, match="SPOKE_PUBLIC_ADDRESS"):
+        Settings.from_env({"SPOKE_PUBLIC_ADDRESS": public})
