@@ -48,10 +48,11 @@ async def bootstrap_before_serving(
     database_url: str, settings: Settings, token_file: Path
 ) -> Path | None:
     """``ensure_bootstrap_admin`` on a connection of its own, for ``serve`` to call before
-    it listens: once health answers SERVING, the token file is there to read."""
+    it listens: once health answers SERVING, the token file is there to read. It connects
+    directly (``SPOKE_DIRECT_DATABASE_URL`` when set), as what takes advisory locks does."""
     timeout = max(1, int(settings.pool_timeout_seconds))
     async with await connect(
-        database_url, settings, connect_timeout=timeout, autocommit=True
+        settings.direct_url(database_url), settings, connect_timeout=timeout, autocommit=True
     ) as conn:
         return await _ensure(conn, token_file)
 
