@@ -208,6 +208,12 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.Error) and exc.sqlstate in RETRYABLE_SQLSTATES
 
 
+def pool_is_full(pool: AsyncConnectionPool) -> bool:
+    """Whether ``pool`` holds all the connections it may: a checkout that timed out then
+    waited for busy ones (overload), not for connections it failed to open (an outage)."""
+    return int(pool.get_stats().get("pool_size", 0)) >= pool.max_size
+
+
 def unavailable(exc: BaseException) -> Unavailable:
     return Unavailable("the database is unavailable; retry with backoff")
 

@@ -5,9 +5,10 @@ request pool's, so a pool saturated by load does not look like an outage; on the
 URL, past pgbouncer, whose own saturation is not an outage either): SERVING while
 it works, NOT_SERVING while it does not. The errors interceptor reports an unreachable
 database at once, so health flips without waiting for the next probe; the probe flips it
-back when the database returns, and then has the pool check its idle connections so that
-broken ones are replaced before calls draw them. On shutdown everything goes NOT_SERVING
-and stays there.
+back when the database returns and a connection drawn from the pool answers too (behind
+pgbouncer the probe's direct path may be up while the pooler is down), after the pool has
+checked its idle connections so that broken ones are replaced before calls draw them. On
+shutdown everything goes NOT_SERVING and stays there.
 
 The ``liveness`` service is SERVING from start to shutdown whatever the database does:
 liveness probes ask it, so that a database outage takes replicas out of rotation (the
@@ -24,7 +25,7 @@ from collections.abc import Iterable
 import psycopg
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from spoke_grpc import background
 from spoke_grpc.config import Settings
@@ -68,6 +69,8 @@ class DatabaseHealth:
             return
         if serving and self._serving is False:
             await self._pool.check()  # drop the connections the outage broke
+            if not await self._pool_answers():
+                return  # the pool's own path (e.g. through pgbouncer) is still down
         self._serving = serving
         log.log(
             logging.INFO if serving else logging.WARNING,
@@ -98,6 +101,21 @@ class DatabaseHealth:
             if not (is_unavailable(exc) or isinstance(exc, TimeoutError)):
                 log.exception("health probe failed unexpectedly")
             await self._close_connection()
+            return False
+        return True
+
+    async def _pool_answers(self) -> bool:
+        """After an outage: can calls reach the database the way they do, through the pool?
+
+        The probe's own connection may take another path (the direct URL, past a pooler
+        that may be the part that is down); SERVING comes back only when both answer."""
+        timeout = max(self._interval, 1.0)
+        try:
+            async with asyncio.timeout(timeout), self._pool.connection(timeout) as conn:
+                await conn.execute("SELECT 1")
+        except Exception as exc:
+            if not (is_unavailable(exc) or isinstance(exc, TimeoutError | PoolTimeout)):
+                log.exception("health: the pool check failed unexpectedly")
             return False
         return True
 

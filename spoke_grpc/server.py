@@ -15,6 +15,7 @@ instead of silently splitting the traffic.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from spoke_grpc.app import App
 from spoke_grpc.cache import AccessCache, CacheListener
 from spoke_grpc.compiler import Compiler
 from spoke_grpc.config import ConfigError, Settings
-from spoke_grpc.database import check_session, connect, create_pool
+from spoke_grpc.database import check_session, connect, create_pool, pool_is_full
 from spoke_grpc.health import DatabaseHealth
 from spoke_grpc.interceptors.audit import AuditInterceptor
 from spoke_grpc.interceptors.auth import AuthInterceptor
@@ -187,7 +188,11 @@ class SpokeServer:
                     self.metrics.rpc if self.metrics is not None else None,
                     tracing=self.tracer_provider is not None,
                 ),
-                ErrorsInterceptor(self.settings, self.health.mark_unavailable),
+                ErrorsInterceptor(
+                    self.settings,
+                    self.health.mark_unavailable,
+                    functools.partial(pool_is_full, self.pool),
+                ),
                 *([ConcurrencyLimitInterceptor(cap)] if cap > 0 else []),
                 RequestCheckInterceptor(),
                 UnitOfWorkInterceptor(self.pool, self.settings, self.cache),

@@ -37,11 +37,32 @@ def binary() -> str | None:
     return shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/bin")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Pgbouncer:
     url: str  # postgresql:// URL of the target database through pgbouncer
     database: str
     log: Path
+    command: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Starts pgbouncer (again, on the same port) and waits until it answers."""
+        self.proc = subprocess.Popen(
+            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        _wait_ready(self.proc, self)
+
+    def stop(self) -> None:
+        """Stops pgbouncer: its clients' connections drop and new ones are refused."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -115,26 +136,17 @@ def running(database_url: str) -> Iterator[Pgbouncer]:
         entry = pwd.getpwnam(run_as)
         for path in (work, *work.iterdir()):
             os.chown(path, entry.pw_uid, entry.pw_gid)
-    proc = subprocess.Popen(
-        [exe, str(work / "pgbouncer.ini")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     bouncer = Pgbouncer(
         f"postgresql://{quote(user)}:{PASSWORD}@127.0.0.1:{port}/{quote(database)}",
         database,
         work / "pgbouncer.log",
+        [exe, str(work / "pgbouncer.ini")],
     )
     try:
-        _wait_ready(proc, bouncer)
+        bouncer.start()
         yield bouncer
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        bouncer.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

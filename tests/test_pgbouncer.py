@@ -20,16 +20,23 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
 from spoke.v1 import member_pb2, organization_pb2, quota_pb2, user_pb2
 from spoke.v1 import module_pb2 as pb
 
 from tests import harness, pgbouncer
-from tests.harness import Client, all_pages
+from tests.harness import Client, all_pages, failure
 from tests.pgbouncer import Pgbouncer
 from tests.servicers.test_modules import SIMPLE, code_of, proto
 from tests.test_cli import assert_one_line_error, serve_expecting_failure
-from tests.test_shutdown import CHANNEL_OPTIONS, serving, wait_serving
+from tests.test_shutdown import (
+    CHANNEL_OPTIONS,
+    NOT_SERVING,
+    SERVING,
+    serving,
+    wait_serving,
+)
 
 pytestmark = pytest.mark.skipif(
     pgbouncer.binary() is None,
@@ -90,7 +97,7 @@ def test_two_servers_through_pgbouncer_in_transaction_mode(
         grpc.insecure_channel(two.address, options=CHANNEL_OPTIONS) as ch2,
     ):
         # Both started at once: migrations (direct, under yoyo's lock) and the bootstrap
-        # admin (an advisory transaction lock, through pgbouncer) happened exactly once.
+        # admin (direct, under an advisory transaction lock) happened exactly once.
         wait_serving(one, ch1)
         wait_serving(two, ch2)
         token = token_file.read_text().strip()
@@ -179,6 +186,64 @@ def test_two_servers_through_pgbouncer_in_transaction_mode(
     log = bouncer.log_text()
     assert "unsupported startup parameter" not in log
     assert "prepared statement" not in log
+
+
+def test_health_stays_not_serving_while_pgbouncer_is_down_though_the_database_is_up(
+    bouncer: Pgbouncer, database: str, tmp_path: Path
+) -> None:
+    """The probe connects directly, past pgbouncer; when pgbouncer is the part that is down,
+    health must not flip back to SERVING while every call through the pool fails."""
+    token_file = tmp_path / "bootstrap-token"
+    env = pooled_env(bouncer, database, token_file) | {"SPOKE_POOL_TIMEOUT": "1"}
+    with (
+        serving(tmp_path, tmp_path, env) as served,
+        grpc.insecure_channel(served.address, options=CHANNEL_OPTIONS) as channel,
+    ):
+        wait_serving(served, channel)
+        admin = Client(channel, token_file.read_text().strip())
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def status() -> int:
+            return int(health.Check(health_pb2.HealthCheckRequest(), timeout=5).status)
+
+        def list_orgs() -> str:  # a read that needs the database, not only the caches
+            return code_of(
+                lambda: admin.orgs.ListOrganizations(organization_pb2.ListOrganizationsRequest())
+            )
+
+        assert list_orgs() == "OK"
+        bouncer.stop()
+        codes = {list_orgs() for _ in range(3)}
+        assert codes == {"UNAVAILABLE"}, codes
+        deadline = time.monotonic() + 5
+        while status() != NOT_SERVING:
+            assert time.monotonic() < deadline, "health never left SERVING"
+            time.sleep(0.05)
+        # 15 probe intervals: the probe's direct connection answers all along, yet
+        # health stays out of rotation, and calls fail as unavailable, not as bugs.
+        seen = set()
+        until = time.monotonic() + 3
+        while time.monotonic() < until:
+            seen.add(status())
+            time.sleep(0.1)
+        assert seen == {NOT_SERVING}
+        # The pool's broken connections are gone by now: a call waits for a new one that
+        # cannot be opened. That is an outage (the pool had room to grow), not overload.
+        error = failure(
+            lambda: admin.orgs.ListOrganizations(organization_pb2.ListOrganizationsRequest())
+        )
+        assert error.code is grpc.StatusCode.UNAVAILABLE
+        assert error.message == "the database is unavailable; retry with backoff"
+
+        bouncer.start()
+        deadline = time.monotonic() + 30
+        while status() != SERVING:
+            assert time.monotonic() < deadline, "health never came back"
+            time.sleep(0.1)
+        assert list_orgs() == "OK"
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=20) == 0, served.describe()
+    assert "Traceback" not in served.stderr
 
 
 def test_libpq_options_through_pgbouncer_are_one_clear_error(

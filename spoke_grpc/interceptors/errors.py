@@ -1,8 +1,10 @@
 """Turns exceptions into gRPC statuses with google.rpc details.
 
 SpokeError → its own code and details. A database that cannot be reached → UNAVAILABLE
-(and the health monitor is told at once). A pool with no free connection → UNAVAILABLE
-with RetryInfo too, but health is left alone: overload is not an outage. Anything else is
+(and the health monitor is told at once), and so is a pool that timed out with room to
+grow: it could not open a connection (e.g. pgbouncer is down). A full pool with no free
+connection → UNAVAILABLE with RetryInfo too, but health is left alone: overload is not an
+outage. Anything else is
 a bug: INTERNAL with a reference (the call's request id) the log line carries, never the
 exception text, SQL or a traceback. The call's response headers (``x-request-id``…) are
 sent before the error, so a failed call has them too.
@@ -32,11 +34,15 @@ log = logging.getLogger(__name__)
 
 class ErrorsInterceptor(PolicyInterceptor):
     def __init__(
-        self, settings: Settings, on_database_unavailable: Callable[[], None] = lambda: None
+        self,
+        settings: Settings,
+        on_database_unavailable: Callable[[], None] = lambda: None,
+        pool_is_full: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__()
         self._settings = settings
         self._on_database_unavailable = on_database_unavailable
+        self._pool_is_full = pool_is_full
 
     async def intercept(
         self, policy: Policy, request: Any, context: aio.ServicerContext, call_next: Behavior
@@ -57,10 +63,11 @@ class ErrorsInterceptor(PolicyInterceptor):
         await context.abort(status.code, status.details, trailing)
 
     def _classify(self, policy: Policy, exc: Exception) -> SpokeError:
-        if isinstance(exc, PoolTimeout):
+        if isinstance(exc, PoolTimeout) and self._pool_is_full():
             log.warning("%s: no free database connection: %s", policy.method, exc)
             return overloaded(self._settings)
-        if is_unavailable(exc):
+        # A timeout while the pool had room to grow: it could not open connections.
+        if is_unavailable(exc) or isinstance(exc, PoolTimeout):
             log.warning("%s: database unavailable: %s", policy.method, exc)
             self._on_database_unavailable()
             return unavailable(exc)
