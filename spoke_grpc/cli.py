@@ -148,6 +148,12 @@ def _database_url(settings: Settings) -> str:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    if args.workers < 0:
+        raise CommandError(f"--workers must be at least 1, got {args.workers}")
+    if not args.worker:
+        # Before the embedded PostgreSQL, the migrations and the bootstrap admin: a taken
+        # address is an error that changes nothing. (The bind itself decides races.)
+        workers.check_free(args.listen or settings.listen)
     url = _database_url(settings)
     direct = settings.direct_url(url)  # yoyo's lock and DDL need a session of their own
     if settings.auto_migrate and not args.no_migrate:
@@ -162,8 +168,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                 f"the database has {len(pending)} pending migration(s) ({', '.join(pending)})"
                 f" and {why} keeps serve from applying them; run 'spoke-grpc migrate' first"
             )
-    if args.workers < 0:
-        raise CommandError(f"--workers must be at least 1, got {args.workers}")
     if args.workers:
         return workers.supervise(settings, url, args.listen or settings.listen, args.workers)
     return asyncio.run(

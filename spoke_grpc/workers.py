@@ -46,10 +46,10 @@ class _Worker:
 
 
 def supervise(settings: Settings, database_url: str, address: str, count: int) -> int:
-    host, _, port = address.rpartition(":")
+    _, _, port = address.rpartition(":")
     if not port.isdigit() or int(port) == 0:
         raise ConfigError(f"--workers needs a fixed port to share, got {address!r}")
-    _check_free(host, int(port), address)
+    check_free(address)
     token_file = asyncio.run(bootstrap_before_serving(database_url, settings, settings.token_file))
     if token_file is not None:
         print(f"bootstrap platform-admin token written to {token_file} (mode 0600)", flush=True)
@@ -84,10 +84,17 @@ class _StopSignal:
         self.requested = True
 
 
-def _check_free(host: str, port: int, address: str) -> None:
-    """Binding without SO_REUSEPORT fails while anything else serves there."""
+def check_free(address: str) -> None:
+    """ConfigError if something serves on ``address`` (``host:port``) already: binding
+    without SO_REUSEPORT fails then. Port 0 (any free port) is always free."""
+    host, _, raw_port = address.rpartition(":")
+    if not raw_port.isdigit() or int(raw_port) == 0:
+        return  # the server's own bind reports anything else
+    port = int(raw_port)
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As grpc does: connections of a server that just stopped (TIME_WAIT) do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host.strip("[]") or "0.0.0.0", port))
         except OSError:

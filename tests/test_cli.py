@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -313,6 +314,30 @@ def test_existing_bootstrap_token_file_is_not_overwritten(fresh_url: str, tmp_pa
     assert token_file.read_text() == "an older server's token\n"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o640
     assert users_and_audit_events(fresh_url) == (0, 0)
+
+
+def test_a_taken_address_fails_before_anything_is_created(fresh_url: str, tmp_path: Path) -> None:
+    """Checked first: no migration, no bootstrap admin, no token file for a server that
+    cannot listen."""
+    token_file = tmp_path / "bootstrap-token"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = serve_expecting_failure(
+            tmp_path,
+            fresh_url,
+            {"SPOKE_BOOTSTRAP_TOKEN_FILE": str(token_file)},
+            "--listen",
+            address,
+        )
+    assert_one_line_error(result, f"cannot listen on {address}", "in use", "--listen")
+    assert not token_file.exists()
+    with psycopg.connect(fresh_url) as conn:
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone()
+    assert tables == (0,)  # not even the migrations ran
 
 
 @pytest.fixture
