@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,10 @@ PROTO = (
     "message M{i} {{\n  string id = 1;\n  int64 at = 2;\n}}\n"
 )
 
+
+# What a row's calls may answer: OK, or refused because the server is busy (a full compile
+# pool, the concurrency cap). Anything else means the scenario itself is wrong.
+_EXPECTED_CODES = frozenset({"OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE"})
 
 # Rows whose calls must never repeat: creates, and compiles that must miss the cache.
 DISTINCT = frozenset({"CreateModule", "CreateVersion", "CompileVersion (uncached)"})
@@ -288,7 +293,9 @@ def scenarios(data: Dataset, stamp: str) -> dict[str, tuple[str, list[loadgen.Ca
                     module_pb2.CreateVersionRequest(
                         org=owners[i % len(owners)][0],
                         module="mod-1",
-                        version=f"2.{stamp}.{i}",
+                        # A pre-release tag that starts with a letter: the stamp's digits
+                        # may begin with 0, which a numeric semver part must not.
+                        version=f"2.0.{i}-r{stamp}",
                         files=[
                             module_pb2.ProtoFile(
                                 path="bench/a.proto", content=PROTO.format(n=i, i=1)
@@ -419,6 +426,9 @@ def measure(
     result = loadgen.run(address, method, calls, seconds=scale.seconds, warmup=scale.seconds / 4)
     wall = time.monotonic() - clock
     used = cpu_seconds(process_tree(root)) - before
+    wrong = {code: n for code, n in result.codes.items() if code not in _EXPECTED_CODES}
+    if wrong:  # a bad request in the scenario, not a property of the service
+        raise RuntimeError(f"{name}: calls failed: {wrong} (of {result.calls})")
     # CPU over the whole run (warm-up included) per OK call made in it, estimated from the
     # rate: what refused calls cost is charged to the work that was done.
     made = result.ok_rate * wall
@@ -498,8 +508,9 @@ def count_statements(url: str, data: Dataset, stamp: str) -> dict[str, float]:
                     _answers(stub, call)
                 with proxy._tally_lock:
                     proxy.tally.clear()
-                for call in measured:
-                    _answers(stub, call)
+                failed = Counter(c for c in (_code(stub, call) for call in measured) if c != "OK")
+                if failed:  # statements of refused calls would say nothing about the RPC
+                    raise RuntimeError(f"{name}: measured calls failed: {dict(failed)}")
                 with proxy._tally_lock:
                     counted[name] = proxy.tally.get("statements", 0) / n
     finally:
@@ -507,6 +518,16 @@ def count_statements(url: str, data: Dataset, stamp: str) -> dict[str, float]:
         loop.call_soon_threadsafe(loop.stop)
         proxy.close()
     return counted
+
+
+def _code(stub: Any, call: loadgen.Call) -> str:
+    """Makes one call; its status code's name."""
+    body, token = call
+    try:
+        stub(body, metadata=(("authorization", f"Bearer {token}"),), timeout=60)
+    except grpc.RpcError as exc:
+        return str(exc.code().name)  # type: ignore[attr-defined]
+    return "OK"
 
 
 def _answers(stub: Any, call: loadgen.Call) -> bool:
