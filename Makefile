@@ -9,7 +9,7 @@ BUF_VERSION := 1.75.0
 BUF := node_modules/.bin/buf
 PROTOS := $(wildcard protos/spoke/v1/*.proto)
 
-.PHONY: run test lint generate check-generated check-breaking migrate bench bench-quick db-trips install clean
+.PHONY: run test lint generate check-generated check-breaking migrate bench bench-quick h2load db-trips install clean
 
 # Metrics on 127.0.0.1:9464 unless SPOKE_METRICS_LISTEN says otherwise (set it empty for none).
 run: $(STAMP)
@@ -55,12 +55,19 @@ lint: $(STAMP) $(BUF)
 
 # Throughput under concurrency as ratios against a bare grpc.aio echo server in the same run
 # (under 10 minutes on 2 cores), then sequential latency; bench-quick is a smaller run (<1 min).
-bench: $(STAMP)
+# The read rows are measured with h2load too when it is there: installed here as root with
+# apt-get (Debian's nghttp2-client), else its rows are skipped.
+bench: $(STAMP) h2load
 	PYTHONPATH=. $(PY) benchmarks/throughput.py
 	$(PY) benchmarks/rpc_latency.py
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) h2load
 	PYTHONPATH=. $(PY) benchmarks/throughput.py --quick
+
+h2load:
+	@command -v h2load >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q nghttp2-client >/dev/null; } \
+		|| echo "h2load is not installed (Debian: nghttp2-client): its bench rows are skipped"
 
 # Pool checkouts, statements, round trips and transactions per call, counted on the wire.
 db-trips: $(STAMP)

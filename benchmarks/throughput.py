@@ -8,8 +8,11 @@ database statements per call (counted on the wire by a second, sequential pass t
 ``db_trips``' protocol counter), and the share of calls refused (a busy compile pool says
 ``COMPILER_BUSY`` rather than queueing without bound; those calls are not throughput).
 Each row also prints ``ratio <Rpc>/echo = x``: its throughput over the echo server's, driven
-by the same client. Figures go to ``bench/results/<time>.json`` too. Then the server's RSS
-after 10,000 and after 100,000 calls, to show it does not grow per call.
+by the same client. When h2load is installed, the read rows are driven by it too, against an
+echo baseline of its own (``benchmarks/h2load.py``): a C client leaves the server more of
+the machine's two cores than the Python client processes do. Figures go to
+``bench/results/<time>.json`` too. Then the server's RSS after 10,000 and after 100,000
+calls, to show it does not grow per call.
 
 ``make bench`` runs it whole (under 10 minutes on 2 cores); ``make bench-quick`` runs a
 smaller version (under a minute). DATABASE_URL if set, else an embedded PostgreSQL.
@@ -28,16 +31,19 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 from spoke.v1 import module_pb2, organization_pb2, quota_pb2, user_pb2
 
-from benchmarks import loadgen
+from benchmarks import h2load, loadgen
 from benchmarks.db_trips import CountingProxy
 from benchmarks.echo_server import METHOD as ECHO_METHOD
 from spoke_grpc import migrations, tokens
@@ -87,6 +93,7 @@ class Row:
     ratio: float
     codes: dict[str, int]
     refused: float = 0.0  # the share of calls that did not answer OK
+    client: str = "python"  # the load generator: "python" (loadgen) or "h2load"
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -179,14 +186,16 @@ def free_port() -> int:
         return port
 
 
-def start_service(url: str, workers: int, data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
+def start_service(url: str, workers: int, data_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
+    """The service, its address, and its metrics address (read to check h2load's calls)."""
+    port, metrics = free_port(), f"127.0.0.1:{free_port()}"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SPOKE_")},
         "DATABASE_URL": url,
         "SPOKE_DATA_DIR": str(data_dir),
         "SPOKE_LOG_LEVEL": "WARNING",
         "SPOKE_POOL_MAX_SIZE": "10",
+        "SPOKE_METRICS_LISTEN": metrics,
     }
     process = subprocess.Popen(
         [SPOKE, "serve", "--workers", str(workers), "--listen", f"127.0.0.1:{port}"],
@@ -200,7 +209,7 @@ def start_service(url: str, workers: int, data_dir: Path) -> tuple[subprocess.Po
         if not line:
             raise SystemExit("the service did not start")
         if "serving on" in line:
-            return process, f"127.0.0.1:{port}"
+            return process, f"127.0.0.1:{port}", metrics
 
 
 def start_echo() -> tuple[subprocess.Popen[str], str]:
@@ -359,7 +368,7 @@ def main() -> int:
         rows: list[Row] = []
         memory: dict[str, int] = {}
         for workers in (1,) if args.quick else (1, 2):
-            service, address = start_service(url, workers, tmp / f"data-{workers}")
+            service, address, metrics = start_service(url, workers, tmp / f"data-{workers}")
             services.append(service)
             worker = children(service.pid)[0]
             baseline = measure(
@@ -382,6 +391,10 @@ def main() -> int:
                 row = measure(name, address, method, calls, scale, service.pid, workers)
                 row.ratio = row.calls_per_second / baseline.calls_per_second
                 rows.append(row)
+            if h2load.binary() is not None:
+                rows += measure_reads_with_h2load(
+                    chosen, address, metrics, echo_address, echo.pid, service.pid, workers, scale
+                )
             if workers == 1:
                 memory = measure_memory(address, chosen["GetOrganization"][1], worker, scale)
             service.terminate()
@@ -397,6 +410,34 @@ def main() -> int:
                 service.wait(60)
         harness.drop_database(admin_url, url)
     return 0
+
+
+# Rows h2load drives: reads, whose one repeated request stays valid (writes must not repeat).
+H2LOAD_ROWS = ("GetOrganization", "GetCurrentUser", "ListModules", "GetUsage")
+
+
+def measure_reads_with_h2load(
+    chosen: dict[str, tuple[str, list[loadgen.Call]]],
+    address: str,
+    metrics: str,
+    echo_address: str,
+    echo_pid: int,
+    service_pid: int,
+    workers: int,
+    scale: Scale,
+) -> list[Row]:
+    """The read rows again, driven by h2load, with an echo baseline of its own."""
+    echo_call = (b"\x0a\x05org-1", "")
+    baseline = measure_h2load(
+        "echo", echo_address, ECHO_METHOD, echo_call, scale, echo_pid, workers, None
+    )
+    rows = [baseline]
+    for name in H2LOAD_ROWS if workers == 1 else H2LOAD_ROWS[:2]:
+        method, calls = chosen[name]
+        row = measure_h2load(name, address, method, calls[0], scale, service_pid, workers, metrics)
+        row.ratio = row.calls_per_second / baseline.calls_per_second
+        rows.append(row)
+    return rows
 
 
 def supported(address: str, method: str, call: loadgen.Call) -> bool:
@@ -418,12 +459,75 @@ def measure(
     root: int,
     workers: int,
 ) -> Row:
-    """Drives one row; CPU is the whole process tree's under ``root``, read before and after
+    """Drives one row with the Python load generator (``loadgen``)."""
+    return _measured(
+        name,
+        root,
+        workers,
+        lambda: loadgen.run(
+            address, method, calls, seconds=scale.seconds, warmup=scale.seconds / 4
+        ),
+    )
+
+
+def measure_h2load(
+    name: str,
+    address: str,
+    method: str,
+    call: loadgen.Call,
+    scale: Scale,
+    root: int,
+    workers: int,
+    metrics: str | None,
+) -> Row:
+    """Drives one row with h2load, one request repeated. h2load sees HTTP statuses only: the
+    gRPC codes are read from the service's metrics (``metrics``; None for the echo server,
+    which answers every call)."""
+
+    def drive() -> loadgen.Result:
+        before = grpc_codes(metrics, method)
+        result = h2load.run(
+            address, method, call[0], call[1], seconds=scale.seconds, warmup=scale.seconds / 4
+        )
+        if metrics is not None:
+            answered = grpc_codes(metrics, method) - before  # warm-up included: scale down
+            # h2load resets the streams still in flight when its time is up: the server
+            # records those as CANCELLED; h2load does not count them.
+            del answered["CANCELLED"]
+            total = sum(answered.values()) or 1
+            result.codes = Counter(
+                {code: round(result.calls * n / total) for code, n in answered.items()}
+            )
+        return result
+
+    row = _measured(name, root, workers, drive)
+    row.client = "h2load"
+    return row
+
+
+def grpc_codes(metrics: str | None, method: str) -> Counter[str]:
+    """``spoke_rpc_calls_total`` of ``method`` by code, summed over the workers."""
+    codes: Counter[str] = Counter()
+    if metrics is None:
+        return codes
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "spoke_rpc_calls_total" and sample.labels.get(
+                "method"
+            ) == method.lstrip("/"):
+                codes[sample.labels["code"]] += int(sample.value)
+    return codes
+
+
+def _measured(name: str, root: int, workers: int, drive: Callable[[], loadgen.Result]) -> Row:
+    """One row; CPU is the whole process tree's under ``root``, read before and after
     (processes that come and go meanwhile, such as protoc runs, are counted while alive)."""
     pids = process_tree(root)
     before = cpu_seconds(pids)
     clock = time.monotonic()
-    result = loadgen.run(address, method, calls, seconds=scale.seconds, warmup=scale.seconds / 4)
+    result = drive()
     wall = time.monotonic() - clock
     used = cpu_seconds(process_tree(root)) - before
     wrong = {code: n for code, n in result.codes.items() if code not in _EXPECTED_CODES}
@@ -542,20 +646,23 @@ def _answers(stub: Any, call: loadgen.Call) -> bool:
 
 def report(rows: list[Row], memory: dict[str, int], seconds: float, quick: bool) -> None:
     print(
-        f"{'rpc':<28}{'workers':>8}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'rpc':<28}{'client':>8}{'workers':>8}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'cpu us/call':>13}{'stmts/call':>12}{'refused':>9}"
     )
     for row in rows:
         statements = "-" if row.statements_per_call is None else f"{row.statements_per_call:.2f}"
         print(
-            f"{row.rpc:<28}{row.workers:>8}{row.calls_per_second:>10.0f}{row.p50_ms:>9.2f}"
+            f"{row.rpc:<28}{row.client:>8}{row.workers:>8}{row.calls_per_second:>10.0f}"
+            f"{row.p50_ms:>9.2f}"
             f"{row.p99_ms:>9.2f}{row.cpu_us_per_call:>13.0f}{statements:>12}"
             f"{row.refused:>9.0%}"
         )
     for row in rows:
         if row.rpc != "echo":
             label = row.rpc.replace(" ", "")
-            suffix = "" if row.workers == 1 else f" (workers={row.workers})"
+            notes = [f"workers={row.workers}"] if row.workers != 1 else []
+            notes += ["h2load"] if row.client == "h2load" else []
+            suffix = f" ({', '.join(notes)})" if notes else ""
             print(f"ratio {label}/echo = {row.ratio:.2f}{suffix}")
     for key, value in memory.items():
         print(f"{key} = {value}")

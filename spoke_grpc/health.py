@@ -59,6 +59,7 @@ class DatabaseHealth:
         self._serving: bool | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._failure = "the probe failed"  # why health last went NOT_SERVING, for the log
 
     @property
     def serving(self) -> bool:
@@ -72,17 +73,17 @@ class DatabaseHealth:
             if not await self._pool_answers():
                 return  # the pool's own path (e.g. through pgbouncer) is still down
         self._serving = serving
-        log.log(
-            logging.INFO if serving else logging.WARNING,
-            "health: %s",
-            "SERVING" if serving else "NOT_SERVING",
-        )
+        if serving:
+            log.info("health: SERVING")
+        else:
+            log.warning("health: NOT_SERVING (%s)", self._failure)
         for service in self._services:
             await self.servicer.set(service, SERVING if serving else NOT_SERVING)
 
     def mark_unavailable(self) -> None:
         """Called from request handling when the database could not be reached."""
         if self._serving and not self._stopped:
+            self._failure = "a call could not reach the database"
             asyncio.get_running_loop().create_task(self.set_serving(False))
 
     async def probe(self) -> bool:
@@ -100,6 +101,7 @@ class DatabaseHealth:
         except Exception as exc:
             if not (is_unavailable(exc) or isinstance(exc, TimeoutError)):
                 log.exception("health probe failed unexpectedly")
+            self._failure = _why(exc, timeout)
             await self._close_connection()
             return False
         return True
@@ -139,3 +141,10 @@ class DatabaseHealth:
         await background.cancel(self._task)
         await self._close_connection()
         await self.servicer.enter_graceful_shutdown()
+
+
+def _why(exc: Exception, timeout: float) -> str:
+    """Why the probe failed, in a few words for the log."""
+    if isinstance(exc, TimeoutError):
+        return f"the probe had no answer within {timeout:g}s"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
