@@ -3,7 +3,8 @@
 A probe runs ``SELECT 1`` every interval on a connection of its own (never one of the
 request pool's, so a pool saturated by load does not look like an outage; on the direct
 URL, past pgbouncer, whose own saturation is not an outage either): SERVING while
-it works, NOT_SERVING while it does not. The errors interceptor reports an unreachable
+it works, NOT_SERVING once two in a row fail (one slow answer under load is not an outage;
+at start, one failure is enough). The errors interceptor reports an unreachable
 database at once, so health flips without waiting for the next probe; the probe flips it
 back when the database returns and a connection drawn from the pool answers too (behind
 pgbouncer the probe's direct path may be up while the pooler is down), after the pool has
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 LIVENESS_SERVICE = "liveness"
+PROBE_FAILURES = 2  # probes failed in a row that take a SERVING server out of rotation
 
 
 class DatabaseHealth:
@@ -60,6 +62,7 @@ class DatabaseHealth:
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._failure = "the probe failed"  # why health last went NOT_SERVING, for the log
+        self._failures = 0  # probes failed in a row
 
     @property
     def serving(self) -> bool:
@@ -130,10 +133,19 @@ class DatabaseHealth:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="health-probe")
 
+    async def check_once(self) -> None:
+        """One probe, and what it means: SERVING when it answers; NOT_SERVING when it fails
+        at start, or for the ``PROBE_FAILURES``-th time in a row. A single slow answer under
+        load is not an outage; a call that cannot reach the database flips health at once."""
+        ok = await self.probe()
+        self._failures = 0 if ok else self._failures + 1
+        if ok or self._serving is not True or self._failures >= PROBE_FAILURES:
+            await self.set_serving(ok)
+
     async def _run(self) -> None:
         await self.servicer.set(LIVENESS_SERVICE, SERVING)
         while not self._stopped:
-            await self.set_serving(await self.probe())
+            await self.check_once()
             await asyncio.sleep(self._interval)
 
     async def shutdown(self) -> None:

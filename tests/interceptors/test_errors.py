@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,6 +68,34 @@ def proxied(
         assert token_file is not None
         with grpc.insecure_channel(server.address) as channel:
             yield proxy, Client(channel, token_file.read_text().strip()), server
+    finally:
+        server.stop()
+        proxy.close()
+        harness.drop_database(pg_admin_url, url)
+
+
+def test_one_failed_probe_is_not_an_outage_and_two_in_a_row_are(
+    pg_admin_url: str, template_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The probe is stepped by hand (its own loop waits an hour between probes)."""
+    url = harness.create_database(pg_admin_url, template=harness.database_name(template_url))
+    proxy = DatabaseProxy(url)
+    server = ServerThread(Settings(health_check_interval_seconds=3600), proxy.url)
+    try:
+        health = server.server.health
+        with grpc.insecure_channel(server.address) as channel:
+            assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+            proxy.cut()
+            server.run(health.check_once())  # one failure: a slow answer, perhaps
+            assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+            with caplog.at_level(logging.WARNING, logger="spoke_grpc.health"):
+                server.run(health.check_once())  # two in a row: out of rotation
+            assert health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+            [line] = [r.getMessage() for r in caplog.records if "NOT_SERVING" in r.getMessage()]
+            assert line.startswith("health: NOT_SERVING (")  # with the probe's reason
+            proxy.restore()
+            server.run(health.check_once())
+            assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
     finally:
         server.stop()
         proxy.close()
