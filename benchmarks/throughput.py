@@ -443,11 +443,7 @@ def measure_reads_with_h2load(
 def supported(address: str, method: str, call: loadgen.Call) -> bool:
     with grpc.insecure_channel(address) as channel:
         stub = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
-        try:
-            stub(call[0], metadata=(("authorization", f"Bearer {call[1]}"),), timeout=60)
-        except grpc.RpcError as exc:
-            return exc.code() is not grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
-    return True
+        return _answers(stub, call)
 
 
 def measure(
@@ -636,12 +632,7 @@ def _code(stub: Any, call: loadgen.Call) -> str:
 
 def _answers(stub: Any, call: loadgen.Call) -> bool:
     """Makes one call; False when the server does not implement the method."""
-    body, token = call
-    try:
-        stub(body, metadata=(("authorization", f"Bearer {token}"),), timeout=60)
-    except grpc.RpcError as exc:
-        return exc.code() is not grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
-    return True
+    return _code(stub, call) != "UNIMPLEMENTED"
 
 
 def report(rows: list[Row], memory: dict[str, int], seconds: float, quick: bool) -> None:
