@@ -184,13 +184,16 @@ def failure(call: Callable[[], Any]) -> RpcFailure:
     try:
         call()
     except grpc.RpcError as exc:
-        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-        assert status is not None, (
-            f"{exc.code()} without google.rpc.Status details: {exc.details()}"
-        )
-        assert exc.code() is not grpc.StatusCode.UNKNOWN
-        return RpcFailure(exc.code(), exc.details() or "", status)  # type: ignore[attr-defined]
+        return failure_of(exc)
     raise AssertionError("the call succeeded")
+
+
+def failure_of(exc: grpc.RpcError) -> RpcFailure:
+    """A failed call's status with its details, which every failure must carry."""
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    assert status is not None, f"{exc.code()} without google.rpc.Status details: {exc.details()}"  # type: ignore[attr-defined]
+    assert exc.code() is not grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+    return RpcFailure(exc.code(), exc.details() or "", status)  # type: ignore[attr-defined]
 
 
 def all_pages(fetch: Callable[[str], Any], items: str) -> list[list[Any]]:

@@ -17,11 +17,10 @@ import psycopg
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 from spoke.v1 import module_pb2, organization_pb2, user_pb2
 
 from spoke_grpc.config import ConfigError, Settings
-from tests.harness import Client, RpcFailure
+from tests.harness import Client, failure_of
 from tests.operating import Dedicated, dedicated_server
 from tests.servicers.test_modules import create_org
 
@@ -104,7 +103,7 @@ def test_calls_over_the_cap_are_refused_fast_and_nothing_is_lost(capped: Dedicat
     assert names == names_held  # every admitted write is there, no refused one is
 
     exc = refused[0][2]
-    error = RpcFailure(exc.code(), exc.details(), rpc_status.from_call(exc))
+    error = failure_of(exc)
     assert error.error_info.reason == "TOO_MANY_CONCURRENT_CALLS"
     assert error.error_info.metadata["limit"] == str(CAP)
     assert error.detail(error_details_pb2.RetryInfo).retry_delay.seconds >= 1

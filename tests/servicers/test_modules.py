@@ -25,7 +25,7 @@ from spoke.v1 import organization_pb2
 from spoke_grpc.domain import modules as domain
 from spoke_grpc.types import Role
 from tests.conftest import Users
-from tests.harness import Client, RpcFailure, all_pages, failure
+from tests.harness import Client, RpcFailure, all_pages, failure, failure_of
 from tests.test_fuzz import BAD_CODES, LEAK_MARKERS, NASTY_STRINGS
 
 OK = "OK"
@@ -92,20 +92,11 @@ def retrying_busy(call: Callable[[], T]) -> T:
         try:
             return call()
         except grpc.RpcError as exc:
-            if reason_of(exc) != "COMPILER_BUSY":
+            busy = exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+            if not busy or failure_of(exc).error_info.reason != "COMPILER_BUSY":
                 raise
         time.sleep(0.05)
     raise AssertionError("the compile pool stayed busy")
-
-
-def reason_of(exc: grpc.RpcError) -> str | None:
-    """The ErrorInfo reason of a failed call, if it has one."""
-    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-    for packed in status.details if status is not None else ():
-        info = error_details_pb2.ErrorInfo()
-        if packed.Unpack(info):
-            return info.reason
-    return None
 
 
 def violations_of(error: RpcFailure, field: str) -> list[str]:
