@@ -58,6 +58,7 @@ class DatabaseHealth:
         self._pool = pool
         self._services = ["", *services]
         self._interval = interval
+        self._timeout = max(interval, 1.0)  # for each probe, and the pool check after an outage
         self._serving: bool | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -90,9 +91,8 @@ class DatabaseHealth:
             asyncio.get_running_loop().create_task(self.set_serving(False))
 
     async def probe(self) -> bool:
-        timeout = max(self._interval, 1.0)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self._timeout):
                 if self._conn is None or self._conn.closed:
                     self._conn = await connect(
                         self._database_url,
@@ -104,7 +104,7 @@ class DatabaseHealth:
         except Exception as exc:
             if not (is_unavailable(exc) or isinstance(exc, TimeoutError)):
                 log.exception("health probe failed unexpectedly")
-            self._failure = _why(exc, timeout)
+            self._failure = _why(exc, self._timeout)
             await self._close_connection()
             return False
         return True
@@ -114,9 +114,8 @@ class DatabaseHealth:
 
         The probe's own connection may take another path (the direct URL, past a pooler
         that may be the part that is down); SERVING comes back only when both answer."""
-        timeout = max(self._interval, 1.0)
         try:
-            async with asyncio.timeout(timeout), self._pool.connection(timeout) as conn:
+            async with asyncio.timeout(self._timeout), self._pool.connection(self._timeout) as conn:
                 await conn.execute("SELECT 1")
         except Exception as exc:
             if not (is_unavailable(exc) or isinstance(exc, TimeoutError | PoolTimeout)):
