@@ -51,6 +51,7 @@ from spoke_grpc.store import versions as version_store
 from spoke_grpc.store.compile_jobs import CompileJob
 from spoke_grpc.store.modules import Module
 from spoke_grpc.store.versions import Reached, Resolved, Version
+from spoke_grpc.store.visibility import Reader
 from spoke_grpc.types import OrgContext, Principal
 
 # The most a CompileVersion response may carry (grpc's limit is 16 MiB; this leaves room for
@@ -144,10 +145,52 @@ class _Target:
         return f"{self.module.org_name}/{self.module.name}@{self.version.version}"
 
 
+def refuse_unusable(reached: Sequence[Reached], what: str, remedy: str) -> None:
+    """FAILED_PRECONDITION when a closure reaches a version the reader may not read
+    (DEPENDENCY_NOT_VISIBLE, naming none of it) or one deleted since it was recorded
+    (DEPENDENCY_DELETED, named only where the reader may know the name)."""
+    hidden = [r for r in reached if r.present and not r.readable]
+    if hidden:
+        raise FailedPrecondition(
+            PreconditionViolation(
+                type="DEPENDENCY_NOT_VISIBLE",
+                subject=what,
+                description=(
+                    f"{what}: {len(hidden)} version(s) among its dependencies belong to"
+                    f" modules you cannot read (made private since they were pushed); {remedy}"
+                ),
+            )
+        )
+    deleted = [r for r in reached if not r.present]
+    if deleted:
+        named = [r.label for r in deleted if r.named]
+        unnamed = len(deleted) - len(named)
+        listed = ", ".join(named[:_NAMED])
+        if unnamed:
+            listed += f"{' and ' if named else ''}{unnamed} version(s) you cannot see"
+        raise FailedPrecondition(
+            PreconditionViolation(
+                type="DEPENDENCY_DELETED",
+                subject=what,
+                description=(
+                    f"{what}: its dependencies need {listed}, deleted since they were pushed"
+                    f" (their module was deleted with force); {remedy}"
+                ),
+            )
+        )
+
+
 async def _target(
-    conn: AsyncConnection, module: Module, version: Version, languages: Sequence[str]
+    conn: AsyncConnection,
+    module: Module,
+    version: Version,
+    languages: Sequence[str],
+    reader: Reader,
 ) -> _Target:
-    edges = (await version_store.edges_of(conn, version.org_id, [version.id])).get(version.id, [])
+    """What building ``version`` for ``reader`` takes: refused when the closure reaches a
+    version the reader may not read, so the key (and so a cache hit) is only ever one of a
+    closure the reader may read whole."""
+    edges = await version_store.edges_of(conn, version.org_id, [version.id], reader=reader)
     roots = [
         Resolved(
             position=e.position,
@@ -158,22 +201,15 @@ async def _target(
             version_id=e.dep_version_id,
             version=e.dep_version,
         )
-        for e in edges
+        for e in edges.get(version.id, [])
     ]
-    reached = await version_store.closure(conn, roots) if roots else []
-    deleted = [r.label for r in reached if not r.present]
-    if deleted:
-        label = f"{module.org_name}/{module.name}@{version.version}"
-        raise FailedPrecondition(
-            PreconditionViolation(
-                type="DEPENDENCY_DELETED",
-                subject=label,
-                description=(
-                    f"{label} needs {', '.join(deleted[:_NAMED])}, deleted since it was pushed"
-                    " (its module was deleted with force); it can no longer be compiled"
-                ),
-            )
-        )
+    reached = (
+        await version_store.closure(conn, roots, recorder=version.org_id, reader=reader)
+        if roots
+        else []
+    )
+    label = f"{module.org_name}/{module.name}@{version.version}"
+    refuse_unusable(reached, label, "it can no longer be compiled")
     digests = [r.digest for r in reached if r.digest is not None]
     return _Target(module, version, build_key(version.digest, digests, languages), reached)
 
@@ -241,7 +277,7 @@ async def compile_version(
     """The version's descriptors and generated code: one compile job of the organization.
     ``languages`` as ``parse_languages`` returned them."""
     wanted = tuple(languages)
-    target = await _target(conn, module, version, wanted)
+    target = await _target(conn, module, version, wanted, Reader.of(principal))
     job = CompileJob(
         org_id=org.id,
         kind="compile",
@@ -328,7 +364,7 @@ async def check_compatibility(
     builds: list[Build] = []
     try:
         for stored in (against, version):
-            target = await _target(conn, module, stored, ())
+            target = await _target(conn, module, stored, (), Reader.of(principal))
 
             async def load(target: _Target = target) -> BuildSources:
                 await quotas.check_compile_job(conn, org)
@@ -368,6 +404,7 @@ async def refuse_breaking_changes(
     descriptor_set: bytes,
     *,
     compiler: Compiler,
+    reader: Reader,
 ) -> None:
     """Raises ``BreakingChanges`` when a version being pushed (``descriptor_set``, its own
     compile's) breaks compatibility with the module's highest version by semantic version
@@ -379,7 +416,7 @@ async def refuse_breaking_changes(
     highest = await version_store.get_version(conn, org.id, module.id, version_id=highest_id)
     if highest is None:
         return
-    target = await _target(conn, module, highest, ())
+    target = await _target(conn, module, highest, (), reader)
 
     async def load() -> BuildSources:
         return await _sources(conn, target)

@@ -1,11 +1,11 @@
 """A version's dependency graph: the versions it depends on, transitively, and the edges.
 
-SPEC §3 decides what a caller sees: a version of a module the caller may not read (a
-private module of an organization it does not belong to) is left out, with its edges and
-whatever is reachable only through it, so the graph never names it, not even as a
-placeholder. A dependency deleted after the dependent was pushed (its module deleted with
-``force``) stays, marked deleted, named as the dependent recorded it: the dependent's
-GetVersion names it too.
+SPEC §3 decides what a caller sees (``spoke_grpc.store.visibility``): a version of a module
+the caller may not read is left out, with its edges and whatever is reachable only through
+it, so the graph never names it, not even as a placeholder. A dependency deleted after the
+dependent was pushed (its module deleted with ``force``) stays, marked deleted, named as the
+dependent recorded it, for callers who see the dependent's organization's private modules
+(the dependent's GetVersion names it to them too); others do not see it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from psycopg import AsyncConnection
 from spoke_grpc.store import versions as version_store
 from spoke_grpc.store.modules import Module
 from spoke_grpc.store.versions import Version
-from spoke_grpc.types import Principal
+from spoke_grpc.store.visibility import Reader
 
 
 @dataclass(frozen=True)
@@ -48,16 +48,10 @@ class Graph:
 
 
 async def dependency_graph(
-    conn: AsyncConnection, module: Module, version: Version, *, principal: Principal | None
+    conn: AsyncConnection, module: Module, version: Version, *, reader: Reader
 ) -> Graph:
-    """The graph from ``version`` (first), breadth-first, as far as the caller may read."""
-    rows = await version_store.graph_edges(
-        conn,
-        version.org_id,
-        version.id,
-        caller_id=principal.user_id if principal else None,
-        caller_is_admin=bool(principal and principal.is_admin),
-    )
+    """The graph from ``version`` (first), breadth-first, as far as ``reader`` may read."""
+    rows = await version_store.graph_edges(conn, version.org_id, version.id, reader=reader)
     out: dict[uuid.UUID, list[version_store.GraphEdge]] = {}
     for row in rows:
         out.setdefault(row.version_id, []).append(row)
@@ -75,7 +69,7 @@ async def dependency_graph(
     while queue:
         dependent = queue.popleft()
         for edge in out.get(dependent, []):
-            if edge.present and not edge.readable:
+            if not edge.shown:
                 continue  # never named to this caller
             target = ids.get(edge.dep_version_id)
             if target is None:

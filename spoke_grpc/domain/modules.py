@@ -1,9 +1,15 @@
 """Modules and their versions: create, read, update by mask, delete, push.
 
-Visibility (SPEC §3): a ``public_only`` reader (neither a member nor a platform admin) sees
-public modules and nothing else, and a private module raises exactly the NotFound of a
-missing one. A module may be changed by its creator (a developer), an organization admin or
-owner, or a platform admin. A pushed version is validated (semantic version, files,
+Visibility (SPEC §3) is one rule, ``spoke_grpc.store.visibility``, that every read below
+composes for its ``Reader``: a module it may not read raises exactly the NotFound of a
+missing one, and a dependency it may not read is left out, or refused as
+DEPENDENCY_NOT_VISIBLE where leaving it out would change the answer (a compile).
+Publication: a public module's versions depend only on public modules (a push that breaks
+it, or making the module public while it does, is FAILED_PRECONDITION), and a module that
+public modules depend on stays public unless an admin forces it private.
+
+A module may be changed by its creator (a developer), an organization admin or owner, or a
+platform admin. A pushed version is validated (semantic version, files,
 dependencies), compiled together with its dependencies' files, transitively, checked for
 breaking changes against the module's highest version when its policy is REJECT
 (``spoke_grpc.domain.compilation``), then stored with its digest; every change writes its
@@ -17,7 +23,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from psycopg import AsyncConnection
 
@@ -35,7 +41,8 @@ from spoke_grpc.store import audit
 from spoke_grpc.store import modules as store
 from spoke_grpc.store import versions as version_store
 from spoke_grpc.store.modules import Module, ModuleRef
-from spoke_grpc.store.versions import Edge, File, NewFile, Requested, Resolved, Version
+from spoke_grpc.store.versions import Edge, File, NewFile, Reached, Requested, Resolved, Version
+from spoke_grpc.store.visibility import Reader
 from spoke_grpc.types import OrgContext, Principal, Role
 from spoke_grpc.validation import MAX_DESCRIPTION, Violations, parse_uuid
 
@@ -88,11 +95,13 @@ class NewModule:
 
 @dataclass(frozen=True)
 class ModuleUpdate:
-    """New values for exactly the listed fields; a field not present is never touched."""
+    """New values for exactly the listed fields; a field not present is never touched.
+    ``force`` makes a module private although public modules depend on it (admins)."""
 
     description: str | None = None
     is_public: bool | None = None
     breaking_change_policy: BreakingChangePolicy | None = None
+    force: bool = False
 
     def changes(self) -> dict[str, object]:
         values: dict[str, object | None] = {
@@ -173,11 +182,11 @@ async def create_module(
 
 
 async def get_module(
-    conn: AsyncConnection, org: OrgContext, ref: str, *, public_only: bool, lock: bool = False
+    conn: AsyncConnection, org: OrgContext, ref: str, *, reader: Reader, lock: bool = False
 ) -> Module:
     """The module; NOT_FOUND, with one message, when it is missing or hidden from the reader."""
     parsed = parse_module_ref(ref)
-    module = await store.get_module(conn, org.id, parsed, public_only=public_only, lock=lock)
+    module = await store.get_module(conn, org.id, parsed, reader=reader, lock=lock)
     if module is None:
         raise NotFound("module", ref)
     return module
@@ -196,8 +205,13 @@ async def update_module(
     if update.description is not None:
         violations.text("update.description", update.description, max_length=MAX_DESCRIPTION)
     violations.raise_if_any()
-    module = await get_module(conn, org, ref, public_only=False, lock=True)
+    reader = Reader.of(principal)
+    module = await get_module(conn, org, ref, reader=reader, lock=True)
     _check_may_change(org, principal, module, "UpdateModule")
+    if update.is_public is True and not module.is_public:
+        await _refuse_private_dependencies(conn, org, module, reader)
+    if update.is_public is False and module.is_public:
+        await _refuse_public_dependents(conn, org, module, principal, force=update.force)
     changes = update.changes()
     row = await store.update_module(conn, org.id, module.id, changes)
     if row is None:
@@ -221,16 +235,10 @@ async def delete_module(
     on its versions, unless an admin forces it (the dependents then show them ``deleted``)."""
     # FOR UPDATE: a push that depends on this module (FOR SHARE) either commits first, and
     # its edge is seen below, or waits and then finds the module gone.
-    module = await get_module(conn, org, ref, public_only=False, lock=True)
+    reader = Reader.of(principal)
+    module = await get_module(conn, org, ref, reader=reader, lock=True)
     _check_may_change(org, principal, module, "DeleteModule")
-    found = await store.dependents(
-        conn,
-        org.id,
-        module.id,
-        caller_id=principal.user_id,
-        caller_is_admin=principal.is_admin,
-        limit=NAMED_DEPENDENTS,
-    )
+    found = await store.dependents(conn, org.id, module.id, reader=reader, limit=NAMED_DEPENDENTS)
     if found and not force:
         raise FailedPrecondition(
             PreconditionViolation(
@@ -251,6 +259,65 @@ async def delete_module(
     await _audit(
         conn, method, principal, org, f"{_target(org, module)} ({versions} versions){note}"
     )
+
+
+async def _refuse_private_dependencies(
+    conn: AsyncConnection, org: OrgContext, module: Module, reader: Reader
+) -> None:
+    """A module becomes public only while every version of it depends on public modules
+    alone (deleted dependencies aside): otherwise outsiders could read it and not what it
+    needs."""
+    found = await store.private_dependencies(conn, org.id, module.id, reader=reader)
+    if not found:
+        return
+    named = [d.label for d in found if d.label is not None]
+    versions = sum(d.versions for d in found)
+    which = f": {', '.join(named[:NAMED_DEPENDENTS])}" if named else ""
+    hidden = len(found) - len(named)
+    if hidden:
+        which += f"{' and' if named else ':'} {hidden} you cannot read"
+    raise FailedPrecondition(
+        PreconditionViolation(
+            type="DEPENDENCY_NOT_PUBLIC",
+            subject=_target(org, module),
+            description=(
+                f"module {module.name!r} cannot be made public: its versions depend"
+                f" ({versions} dependency edge(s)) on {len(found)} module(s) that are not"
+                f" public{which}; a public module's versions may depend only on public"
+                " modules, so make those public first"
+            ),
+        )
+    )
+
+
+async def _refuse_public_dependents(
+    conn: AsyncConnection, org: OrgContext, module: Module, principal: Principal, *, force: bool
+) -> None:
+    """A module that versions of public modules depend on stays public, unless an admin
+    forces it private: those dependents then compile for outsiders only as far as they
+    can read (DEPENDENCY_NOT_VISIBLE). The refusal counts them and names none: they may
+    belong to organizations the caller cannot see."""
+    count = await store.public_dependents(conn, org.id, module.id)
+    if not count:
+        return
+    if not force:
+        raise FailedPrecondition(
+            PreconditionViolation(
+                type="MODULE_HAS_PUBLIC_DEPENDENTS",
+                subject=_target(org, module),
+                description=(
+                    f"module {module.name!r} cannot be made private: {count} version(s) of"
+                    " public modules depend on it, and a public module's versions may depend"
+                    " only on public modules; an admin may pass force=true, after which"
+                    " outsiders can no longer compile those versions"
+                ),
+            )
+        )
+    if not _is_admin(org, principal):
+        raise PermissionDenied(
+            f"making module {module.name!r} private while public modules depend on it"
+            f" (force) needs the admin role in organization {org.name!r}"
+        )
 
 
 def _dependents_text(module: Module, found: Sequence[store.Dependent]) -> str:
@@ -419,7 +486,8 @@ async def create_version(
     _check_dependencies(violations, new.dependencies)
     _check_source(violations, new.source)
     violations.raise_if_any()
-    module = await get_module(conn, org, module_ref, public_only=False)
+    reader = Reader.of(principal)
+    module = await get_module(conn, org, module_ref, reader=reader)
     label = f"{module.name}@{new.version}"
     # Cheap early answer for the common duplicate; the UNIQUE constraint decides races.
     key = version_store.version_key(new.version)
@@ -430,8 +498,11 @@ async def create_version(
     # Refused before any compile work; checked again under the org's quota lock, held only
     # from there to the commit, so that concurrent pushes cannot pass the limits together.
     await quotas.check_version(conn, org, module.id, size)
-    resolved = await _resolve_dependencies(conn, org, module, new.dependencies)
-    dependency_files = await _dependency_files(conn, resolved)
+    resolved = await _resolve_dependencies(conn, org, module, new.dependencies, reader)
+    reached = await _closure(conn, org, resolved, reader, f"{module.org_name}/{label}")
+    if module.is_public:
+        _refuse_private_closure(module, reached)
+    dependency_files = await _dependency_files(conn, reached)
     reject = BreakingChangePolicy(module.breaking_change_policy) is BreakingChangePolicy.REJECT
     # A full compile pool refuses the push at once (RESOURCE_EXHAUSTED, RetryInfo): waiting
     # would hold this call's pool connection for the length of the compiles ahead of it.
@@ -443,7 +514,7 @@ async def create_version(
     if reject:
         # FOR UPDATE: pushes to a REJECT module are checked one at a time, each against
         # what the ones before it committed; the policy is read again under the lock.
-        locked = await get_module(conn, org, str(module.id), public_only=False, lock=True)
+        locked = await get_module(conn, org, str(module.id), reader=reader, lock=True)
         if BreakingChangePolicy(locked.breaking_change_policy) is BreakingChangePolicy.REJECT:
             await compilation.refuse_breaking_changes(
                 conn,
@@ -452,7 +523,13 @@ async def create_version(
                 f"{module.org_name}/{label}",
                 compiled.descriptor_set,
                 compiler=compiler,
+                reader=reader,
             )
+    # Decided again under the module's key lock: the module may have been made public
+    # since it was read (UpdateModule takes FOR UPDATE, so it waits for this push or this
+    # read waits for it and sees its change).
+    if not module.is_public and await store.lock_for_push(conn, org.id, module.id):
+        _refuse_private_closure(replace(module, is_public=True), reached)
     await quotas.reserve_version(conn, org, module.id, size)
     row = await version_store.insert_version(
         conn,
@@ -491,10 +568,15 @@ async def create_version(
 
 
 async def _resolve_dependencies(
-    conn: AsyncConnection, org: OrgContext, module: Module, refs: Sequence[DependencyRef]
+    conn: AsyncConnection,
+    org: OrgContext,
+    module: Module,
+    refs: Sequence[DependencyRef],
+    reader: Reader,
 ) -> list[Resolved]:
-    """The versions ``refs`` name. One that does not exist, or belongs to a private module of
-    another organization, is NOT_FOUND with the same message."""
+    """The versions ``refs`` name. One that does not exist, belongs to a private module of
+    another organization, or that the pusher may not read, is NOT_FOUND with the same
+    message."""
     requested = []
     for ref in refs:
         org_id, module_id = parse_uuid(ref.org), parse_uuid(ref.module)
@@ -507,7 +589,7 @@ async def _resolve_dependencies(
                 version=ref.version,
             )
         )
-    found = await version_store.resolve(conn, requested, org_id=org.id)
+    found = await version_store.resolve(conn, requested, org_id=org.id, reader=reader)
     by_position = {r.position: r for r in found}
     for i, ref in enumerate(refs):
         if i not in by_position:
@@ -533,25 +615,45 @@ async def _resolve_dependencies(
     return found
 
 
-async def _dependency_files(
-    conn: AsyncConnection, resolved: Sequence[Resolved]
-) -> list[DependencyFiles]:
-    """The files of every version ``resolved`` depend on, transitively, by version."""
+async def _closure(
+    conn: AsyncConnection,
+    org: OrgContext,
+    resolved: Sequence[Resolved],
+    reader: Reader,
+    label: str,
+) -> list[Reached]:
+    """Every version ``resolved`` depend on, transitively; refused when the pusher may not
+    read all of it, or part of it was deleted."""
     if not resolved:
         return []
-    reached = await version_store.closure(conn, resolved)
-    deleted = [r.label for r in reached if not r.present]
-    if deleted:
+    reached = await version_store.closure(conn, resolved, recorder=org.id, reader=reader)
+    compilation.refuse_unusable(reached, "this version", "depend on versions that do not need them")
+    return reached
+
+
+def _refuse_private_closure(module: Module, reached: Sequence[Reached]) -> None:
+    """A public module's versions depend only on public modules, transitively."""
+    private = [r for r in reached if not r.public]
+    if private:
         raise FailedPrecondition(
             PreconditionViolation(
-                type="DEPENDENCY_DELETED",
-                subject=deleted[0],
+                type="DEPENDENCY_NOT_PUBLIC",
+                subject=private[0].label,
                 description=(
-                    f"the dependencies need {', '.join(deleted[:NAMED_DEPENDENTS])}, deleted"
-                    " since they were pushed; depend on versions that do not need them"
+                    f"module {module.name!r} is public, and a public module's versions may"
+                    f" depend only on public modules; {private[0].label} is not public (make"
+                    f" it public, depend on a public version, or make {module.name!r} private)"
                 ),
             )
         )
+
+
+async def _dependency_files(
+    conn: AsyncConnection, reached: Sequence[Reached]
+) -> list[DependencyFiles]:
+    """The files of every version of the (checked) closure ``reached``, by version."""
+    if not reached:
+        return []
     size = sum(r.size_bytes for r in reached)
     if len(reached) > MAX_CLOSURE_VERSIONS or size > MAX_CLOSURE_BYTES:
         raise InvalidArgument.field(
@@ -600,7 +702,7 @@ async def find_version(
     module_ref: str,
     ref: str,
     *,
-    public_only: bool,
+    reader: Reader,
     against_ref: str | None = None,
 ) -> tuple[Module, Version, Version | None]:
     """The module, its version ``ref`` (a version string or an id) and, when ``against_ref``
@@ -613,22 +715,12 @@ async def find_version(
                 "against_version", "required: the version to compare with, or its id"
             )
         against_id = _check_version_ref(against_ref, "against_version")
-    module = await get_module(conn, org, module_ref, public_only=public_only)
+    module = await get_module(conn, org, module_ref, reader=reader)
     row = await _version_row(conn, org, module, ref, version_id)
     against = None
     if against_ref is not None:
         against = await _version_row(conn, org, module, against_ref, against_id)
     return module, row, against
-
-
-def visible_edges(edges: Sequence[Edge], *, public_only: bool, sees_all: bool) -> list[Edge]:
-    """The dependencies the reader may learn of (SPEC §3). Members and platform admins see
-    every dependency of their org's versions, as pushed (a deleted one marked so); a reader
-    from outside sees only those on modules that are public now: a private module of the
-    org, or one deleted since, is left out, unnamed."""
-    if sees_all or not public_only:
-        return list(edges)
-    return [e for e in edges if e.dep_public and not e.deleted]
 
 
 async def get_version(
@@ -637,14 +729,13 @@ async def get_version(
     module_ref: str,
     ref: str,
     *,
-    public_only: bool,
-    sees_all: bool = False,
+    reader: Reader,
 ) -> VersionView:
     """The version with its files' contents and the dependencies the reader may see."""
-    module, row, _ = await find_version(conn, org, module_ref, ref, public_only=public_only)
+    module, row, _ = await find_version(conn, org, module_ref, ref, reader=reader)
     files = await version_store.files_of(conn, org.id, [row.id], contents=True)
-    edges = await version_store.edges_of(conn, org.id, [row.id])
-    shown = visible_edges(edges.get(row.id, []), public_only=public_only, sees_all=sees_all)
+    edges = await version_store.edges_of(conn, org.id, [row.id], reader=reader)
+    shown = [e for e in edges.get(row.id, []) if e.shown]
     return VersionView(module, row, files.get(row.id, []), shown)
 
 
@@ -654,15 +745,14 @@ async def list_versions(
     module: Module,
     rows: Sequence[Version],
     *,
-    public_only: bool,
-    sees_all: bool = False,
+    reader: Reader,
 ) -> list[VersionView]:
     """``rows`` with their file paths and sizes (no contents) and their dependencies, cut
     short (never below one version) where the file listings would pass LIST_BUDGET_BYTES:
     a thousand versions of two hundred long paths would not fit in one response."""
     ids = [row.id for row in rows]
     files = await version_store.files_of(conn, org.id, ids, contents=False)
-    edges = await version_store.edges_of(conn, org.id, ids)
+    edges = await version_store.edges_of(conn, org.id, ids, reader=reader)
     views: list[VersionView] = []
     budget = LIST_BUDGET_BYTES
     for row in rows:
@@ -670,7 +760,7 @@ async def list_versions(
         budget -= sum(len(f.path) + _LISTED_FILE_OVERHEAD for f in listed)
         if views and budget < 0:
             break
-        shown = visible_edges(edges.get(row.id, []), public_only=public_only, sees_all=sees_all)
+        shown = [e for e in edges.get(row.id, []) if e.shown]
         views.append(VersionView(module, row, listed, shown))
     return views
 

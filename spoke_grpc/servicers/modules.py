@@ -26,6 +26,7 @@ from spoke_grpc.store import modules as store
 from spoke_grpc.store import versions as version_store
 from spoke_grpc.store.modules import Module
 from spoke_grpc.store.versions import Version
+from spoke_grpc.store.visibility import Reader
 from spoke_grpc.types import CallContext
 
 _UPDATABLE_PATHS = ("description", "is_public", "breaking_change_policy")
@@ -116,18 +117,13 @@ def update_from_proto(request: module_pb2.UpdateModuleRequest) -> domain.ModuleU
             if "breaking_change_policy" in seen
             else None
         ),
+        force=request.force,
     )
 
 
-def public_only(call: CallContext) -> bool:
-    """True for a reader who is neither a member nor a platform admin (SPEC §3)."""
-    org = call.require_org()
-    return org.role is None and not (call.principal is not None and call.principal.is_admin)
-
-
-def sees_all(call: CallContext) -> bool:
-    """A platform admin may read every module, private ones of any org included."""
-    return call.principal is not None and call.principal.is_admin
+def reader(call: CallContext) -> Reader:
+    """Who reads: every read of module data takes it to ``spoke_grpc.store.visibility``."""
+    return Reader.of(call.principal)
 
 
 class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
@@ -163,7 +159,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             await call.connection(),
             call.require_org(),
             request.module,
-            public_only=public_only(call),
+            reader=reader(call),
         )
         return module_pb2.GetModuleResponse(module=module_to_proto(row))
 
@@ -172,16 +168,14 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> module_pb2.ListModulesResponse:
         call = current_call()
         org = call.require_org()
-        public = public_only(call)
-        # A non-member's list (public modules) and a member's differ: tokens are bound to it.
-        scope = f"{org.id}:{'public' if public else 'all'}"
+        who = reader(call)
+        # Readers see different lists: tokens are bound to who reads.
+        scope = f"{org.id}:{who.user_id or 'anonymous'}:{who.is_platform_admin}"
         pages = self._app.pages
         page = pages.request(
             "modules", scope, request.page_size, request.page_token, (pagination.text,)
         )
-        rows = await store.list_modules(
-            await call.connection(), org.id, public_only=public, page=page
-        )
+        rows = await store.list_modules(await call.connection(), org.id, reader=who, page=page)
         return module_pb2.ListModulesResponse(
             modules=[module_to_proto(r) for r in rows[: page.size]],
             next_page_token=pages.next_token("modules", scope, rows, page, lambda r: [r.name]),
@@ -253,8 +247,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             call.require_org(),
             request.module,
             request.version,
-            public_only=public_only(call),
-            sees_all=sees_all(call),
+            reader=reader(call),
         )
         return module_pb2.GetVersionResponse(version=version_to_proto(view))
 
@@ -264,7 +257,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         call = current_call()
         org = call.require_org()
         module = await domain.get_module(
-            await call.connection(), org, request.module, public_only=public_only(call)
+            await call.connection(), org, request.module, reader=reader(call)
         )
         scope = str(module.id)
         pages = self._app.pages
@@ -281,8 +274,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             org,
             module,
             rows[: page.size],
-            public_only=public_only(call),
-            sees_all=sees_all(call),
+            reader=reader(call),
         )
         # A page cut short by its size budget continues after its last version.
         shown = replace(page, size=len(views)) if len(views) < page.size else page
@@ -304,7 +296,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             org,
             request.module,
             request.version,
-            public_only=public_only(call),
+            reader=reader(call),
         )
         build = await compilation.compile_version(
             await call.connection(),
@@ -335,7 +327,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             org,
             request.module,
             request.version,
-            public_only=public_only(call),
+            reader=reader(call),
             against_ref=request.against_version,
         )
         if against is None:  # find_version returns it whenever against_ref is given
@@ -368,10 +360,10 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             call.require_org(),
             request.module,
             request.version,
-            public_only=public_only(call),
+            reader=reader(call),
         )
         graph = await dependency_graph.dependency_graph(
-            await call.connection(), module, version, principal=call.principal
+            await call.connection(), module, version, reader=reader(call)
         )
         return module_pb2.GetDependencyGraphResponse(
             nodes=[

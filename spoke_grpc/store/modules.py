@@ -15,6 +15,7 @@ from psycopg.rows import class_row
 from spoke_grpc.errors import AlreadyExists
 from spoke_grpc.pagination import PageRequest
 from spoke_grpc.store import returned_row
+from spoke_grpc.store.visibility import Reader, readable
 
 # Columns an update may set.
 UPDATABLE = frozenset({"description", "is_public", "breaking_change_policy"})
@@ -46,8 +47,8 @@ class ModuleRef:
 class Dependent:
     """A version of another module that depends on one of a module's versions.
 
-    ``visible`` when the caller may know of it (same org, member, public module or
-    platform admin); ``total`` and ``hidden`` count every dependent, not just this page.
+    ``visible`` when the caller may read its module (``visibility.readable``); ``total``
+    and ``hidden`` count every dependent, not just this page.
     """
 
     org_name: str
@@ -99,20 +100,20 @@ async def get_module(
     org_id: uuid.UUID,
     ref: ModuleRef,
     *,
-    public_only: bool,
+    reader: Reader,
     lock: bool = False,
 ) -> Module | None:
-    """The module, or None when it does not exist (or is private and ``public_only``).
+    """The module, or None when it does not exist or ``reader`` may not read it.
 
     ``lock`` takes the row FOR UPDATE: pushes that depend on it (FOR SHARE) wait, or it
     waits for them.
     """
     column, value = ("id", ref.id) if ref.id is not None else ("name", ref.name)
-    query = sql.SQL("SELECT {} FROM {} WHERE m.org_id = %s AND m.{} = %s{}{}").format(
+    query = sql.SQL("SELECT {} FROM {} WHERE m.org_id = %s AND m.{} = %s AND {}{}").format(
         _COLUMNS,
         _FROM,
         sql.Identifier(column),
-        sql.SQL(" AND m.is_public" if public_only else ""),
+        readable(reader),
         sql.SQL(" FOR UPDATE OF m" if lock else ""),
     )
     async with conn.cursor(row_factory=class_row(Module)) as cur:
@@ -121,13 +122,11 @@ async def get_module(
 
 
 async def list_modules(
-    conn: AsyncConnection, org_id: uuid.UUID, *, public_only: bool, page: PageRequest
+    conn: AsyncConnection, org_id: uuid.UUID, *, reader: Reader, page: PageRequest
 ) -> list[Module]:
-    """The organization's modules by name (its public ones only, when ``public_only``)."""
-    conditions: list[sql.Composable] = [sql.SQL("m.org_id = %s")]
+    """The organization's modules that ``reader`` may read, by name."""
+    conditions: list[sql.Composable] = [sql.SQL("m.org_id = %s"), readable(reader)]
     params: list[Any] = [org_id]
-    if public_only:
-        conditions.append(sql.SQL("m.is_public"))
     if page.after:
         conditions.append(sql.SQL("m.name > %s"))
         params.append(page.after[0])
@@ -202,25 +201,76 @@ async def delete_module(conn: AsyncConnection, org_id: uuid.UUID, module_id: uui
     return int(row[0]) if row else 0
 
 
+async def public_dependents(conn: AsyncConnection, org_id: uuid.UUID, module_id: uuid.UUID) -> int:
+    """How many versions of public modules (of any organization, other than this module)
+    depend on one of this module's versions."""
+    cur = await conn.execute(
+        "SELECT count(*) FROM version_dependencies d"
+        " JOIN module_versions v ON v.org_id = d.org_id AND v.id = d.version_id"
+        " JOIN modules m ON m.org_id = v.org_id AND m.id = v.module_id"
+        " WHERE d.dep_org_id = %s AND d.dep_module_id = %s AND m.is_public"
+        " AND NOT (d.org_id = %s AND v.module_id = %s)",
+        [org_id, module_id, org_id, module_id],
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+@dataclass(frozen=True)
+class PrivateDependency:
+    """A module that versions of a module depend on and that is not public; ``label``
+    only when the reader may read it."""
+
+    label: str | None
+    versions: int
+
+
+async def private_dependencies(
+    conn: AsyncConnection, org_id: uuid.UUID, module_id: uuid.UUID, *, reader: Reader
+) -> list[PrivateDependency]:
+    """The modules, not public now, that the module's versions depend on directly (deleted
+    ones are not counted: they are gone, not private), readable ones first."""
+    query = sql.SQL(
+        "SELECT CASE WHEN {readable} THEN min(o.name || '/' || m.name) END AS label,"
+        " count(DISTINCT d.version_id) AS versions"
+        " FROM version_dependencies d"
+        " JOIN module_versions v ON v.org_id = d.org_id AND v.id = d.version_id"
+        " JOIN modules m ON m.org_id = d.dep_org_id AND m.id = d.dep_module_id"
+        " JOIN organizations o ON o.id = m.org_id"
+        " WHERE d.org_id = %s AND v.module_id = %s AND NOT m.is_public"
+        " GROUP BY m.org_id, m.id, m.is_public ORDER BY 1 NULLS LAST"
+    ).format(readable=readable(reader))
+    async with conn.cursor(row_factory=class_row(PrivateDependency)) as cur:
+        await cur.execute(query, [org_id, module_id])
+        return await cur.fetchall()
+
+
+async def lock_for_push(conn: AsyncConnection, org_id: uuid.UUID, module_id: uuid.UUID) -> bool:
+    """Whether the module is public, read under FOR KEY SHARE (which the version's foreign
+    key takes at its insert anyway): an UpdateModule of it (FOR UPDATE) waits for the push
+    to commit, or the push waits for it and reads what it wrote."""
+    cur = await conn.execute(
+        "SELECT is_public FROM modules WHERE org_id = %s AND id = %s FOR KEY SHARE",
+        [org_id, module_id],
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
 async def dependents(
     conn: AsyncConnection,
     org_id: uuid.UUID,
     module_id: uuid.UUID,
     *,
-    caller_id: uuid.UUID,
-    caller_is_admin: bool,
+    reader: Reader,
     limit: int,
 ) -> list[Dependent]:
-    """Versions of other modules that depend on this module's versions, those the caller
-    may know of first, by org, module and version."""
-    query = """
+    """Versions of other modules that depend on this module's versions, those ``reader``
+    may read first, by org, module and version."""
+    query = sql.SQL("""
         WITH found AS (
             SELECT o.name AS org_name, m.name AS module_name, v.version,
-                   d.dep_version AS dependency_version,
-                   (%(admin)s OR m.is_public OR o.owner_id = %(caller)s
-                    OR EXISTS (SELECT 1 FROM organization_members om
-                               WHERE om.org_id = d.org_id AND om.user_id = %(caller)s))
-                       AS visible
+                   d.dep_version AS dependency_version, {readable} AS visible
             FROM version_dependencies d
             JOIN module_versions v ON v.org_id = d.org_id AND v.id = d.version_id
             JOIN modules m ON m.org_id = v.org_id AND m.id = v.module_id
@@ -233,14 +283,8 @@ async def dependents(
         FROM found
         ORDER BY visible DESC, org_name, module_name, version
         LIMIT %(limit)s
-    """
-    params = {
-        "org": org_id,
-        "module": module_id,
-        "caller": caller_id,
-        "admin": caller_is_admin,
-        "limit": limit,
-    }
+    """).format(readable=readable(reader))
+    params = {"org": org_id, "module": module_id, "limit": limit}
     async with conn.cursor(row_factory=class_row(Dependent)) as cur:
         await cur.execute(query, params)
         return await cur.fetchall()

@@ -21,6 +21,7 @@ from psycopg.rows import class_row
 from spoke_grpc.errors import AlreadyExists
 from spoke_grpc.pagination import PageRequest
 from spoke_grpc.store import returned_row
+from spoke_grpc.store.visibility import Reader, readable, sees_private
 
 _VERSION_KEY = re.compile(r"^v|\+.*$")
 
@@ -56,7 +57,10 @@ class File:
 
 @dataclass(frozen=True)
 class Edge:
-    """A direct dependency as pushed; ``deleted`` when its target is gone."""
+    """A direct dependency as pushed; ``deleted`` when its target is gone. ``shown`` when
+    the reader may learn of it: its target's module is readable (``visibility``), or it
+    was deleted and the reader sees the dependent's organization's private modules (who
+    pushed it knew the name; nobody else learns it)."""
 
     version_id: uuid.UUID
     position: int
@@ -67,7 +71,7 @@ class Edge:
     dep_module_name: str
     dep_version: str
     deleted: bool
-    dep_public: bool = False  # the dependency's module is public now
+    shown: bool = True
 
     @property
     def label(self) -> str:
@@ -87,7 +91,8 @@ class Requested:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A requested dependency found and readable by the dependent's organization."""
+    """A requested dependency found, readable by the pusher and usable by the dependent's
+    organization (its own module, or a public one)."""
 
     position: int
     org_id: uuid.UUID
@@ -96,6 +101,7 @@ class Resolved:
     module_name: str
     version_id: uuid.UUID
     version: str
+    is_public: bool = True
 
     @property
     def label(self) -> str:
@@ -104,13 +110,21 @@ class Resolved:
 
 @dataclass(frozen=True)
 class Reached:
-    """A version in a dependency closure; ``present`` is False when it was deleted (and
-    ``digest`` then None)."""
+    """A version in a dependency closure as far as the reader may read it.
+
+    ``present`` is False when it was deleted (``digest`` then None); ``readable`` False
+    when its module is private to the reader (the closure stops there: nothing past it is
+    reached); ``named`` when the reader may learn its ``label``: a readable version, or a
+    deleted one that a version of an organization the reader sees privately recorded.
+    """
 
     org_id: uuid.UUID
     version_id: uuid.UUID
     label: str
     present: bool
+    readable: bool
+    named: bool
+    public: bool
     size_bytes: int
     digest: str | None = None
 
@@ -185,22 +199,30 @@ async def files_of(
 
 
 async def edges_of(
-    conn: AsyncConnection, org_id: uuid.UUID, version_ids: Sequence[uuid.UUID]
+    conn: AsyncConnection,
+    org_id: uuid.UUID,
+    version_ids: Sequence[uuid.UUID],
+    *,
+    reader: Reader,
 ) -> dict[uuid.UUID, list[Edge]]:
-    """Each version's direct dependencies, in the order they were pushed."""
+    """Each version's direct dependencies, in the order they were pushed, each ``shown``
+    or not to ``reader``."""
+    query = sql.SQL(
+        "SELECT d.version_id, d.position, d.dep_org_id, d.dep_module_id, d.dep_version_id,"
+        " d.dep_org_name, d.dep_module_name, d.dep_version, t.id IS NULL AS deleted,"
+        " CASE WHEN t.id IS NULL THEN {recorder} ELSE {readable} END AS shown"
+        " FROM version_dependencies d"
+        " LEFT JOIN module_versions t ON t.org_id = d.dep_org_id AND t.id = d.dep_version_id"
+        " LEFT JOIN modules m ON m.org_id = t.org_id AND m.id = t.module_id"
+        " WHERE d.org_id = %s AND d.version_id = ANY(%s)"
+        " ORDER BY d.version_id, d.position"
+    ).format(
+        recorder=sees_private(reader, sql.Identifier("d", "org_id")),
+        readable=readable(reader),
+    )
     found: dict[uuid.UUID, list[Edge]] = defaultdict(list)
     async with conn.cursor(row_factory=class_row(Edge)) as cur:
-        await cur.execute(
-            "SELECT d.version_id, d.position, d.dep_org_id, d.dep_module_id, d.dep_version_id,"
-            " d.dep_org_name, d.dep_module_name, d.dep_version,"
-            " NOT EXISTS (SELECT 1 FROM module_versions t"
-            "   WHERE t.org_id = d.dep_org_id AND t.id = d.dep_version_id) AS deleted,"
-            " EXISTS (SELECT 1 FROM modules m WHERE m.org_id = d.dep_org_id"
-            "   AND m.id = d.dep_module_id AND m.is_public) AS dep_public"
-            " FROM version_dependencies d WHERE d.org_id = %s AND d.version_id = ANY(%s)"
-            " ORDER BY d.version_id, d.position",
-            [org_id, list(version_ids)],
-        )
+        await cur.execute(query, [org_id, list(version_ids)])
         for row in await cur.fetchall():
             found[row.version_id].append(row)
     return found
@@ -211,9 +233,11 @@ async def resolve(
     requested: Sequence[Requested],
     *,
     org_id: uuid.UUID,
+    reader: Reader,
 ) -> list[Resolved]:
-    """The requested versions that exist and that ``org_id`` may depend on (its own modules',
-    and public modules' of other organizations), by position in ``requested``.
+    """The requested versions that exist, that ``reader`` (the pusher) may read and that
+    ``org_id`` may depend on (its own modules', and public modules' of other
+    organizations), by position in ``requested``.
 
     The modules are locked FOR SHARE until the push commits: deleting one of them, or making
     it private, waits for the push, then sees its edge (and a push that comes second waits,
@@ -221,9 +245,9 @@ async def resolve(
     """
     if not requested:
         return []
-    query = """
+    query = sql.SQL("""
         SELECT r.position, o.id AS org_id, o.name AS org_name, m.id AS module_id,
-               m.name AS module_name, v.id AS version_id, v.version
+               m.name AS module_name, v.id AS version_id, v.version, m.is_public
         FROM unnest(%(org_ids)s::uuid[], %(org_names)s::text[], %(module_ids)s::uuid[],
                     %(module_names)s::text[], %(keys)s::text[])
              WITH ORDINALITY AS r(org_id, org_name, module_id, module_name, key, position)
@@ -231,10 +255,10 @@ async def resolve(
         JOIN modules m ON m.org_id = o.id AND (m.id = r.module_id OR m.name = r.module_name)
         JOIN module_versions v
              ON v.org_id = m.org_id AND v.module_id = m.id AND v.version_key = r.key
-        WHERE m.org_id = %(org)s OR m.is_public
+        WHERE (m.org_id = %(org)s OR m.is_public) AND {readable}
         ORDER BY r.position
         FOR SHARE OF m
-    """
+    """).format(readable=readable(reader))
     params = {
         "org_ids": [r.org_id for r in requested],
         "org_names": [r.org_name for r in requested],
@@ -250,25 +274,43 @@ async def resolve(
     return [replace(row, position=row.position - 1) for row in rows]
 
 
-async def closure(conn: AsyncConnection, roots: Sequence[Resolved]) -> list[Reached]:
-    """Every version ``roots`` depend on, transitively, the roots included."""
-    query = """
-        WITH RECURSIVE reached(org_id, version_id, label) AS (
-            SELECT r.org_id, r.version_id, r.label COLLATE "C"
+async def closure(
+    conn: AsyncConnection, roots: Sequence[Resolved], *, recorder: uuid.UUID, reader: Reader
+) -> list[Reached]:
+    """Every version ``roots`` (the direct dependencies of a version of the organization
+    ``recorder``) depend on, transitively, the roots included, as far as ``reader`` may
+    read: an unreadable version is reached (flagged) but not walked past, so nothing of
+    what lies behind it, not even its name, comes back. One row per version."""
+    query = sql.SQL("""
+        WITH RECURSIVE reached(org_id, version_id, label, recorder) AS (
+            SELECT r.org_id, r.version_id, r.label COLLATE "C", %s::uuid
             FROM unnest(%s::uuid[], %s::uuid[], %s::text[]) AS r(org_id, version_id, label)
             UNION
             SELECT d.dep_org_id, d.dep_version_id,
-                   d.dep_org_name || '/' || d.dep_module_name || '@' || d.dep_version
-            FROM version_dependencies d
-            JOIN reached r ON d.org_id = r.org_id AND d.version_id = r.version_id
+                   d.dep_org_name || '/' || d.dep_module_name || '@' || d.dep_version, d.org_id
+            FROM reached r
+            JOIN version_dependencies d ON d.org_id = r.org_id AND d.version_id = r.version_id
+            JOIN module_versions rv ON rv.org_id = r.org_id AND rv.id = r.version_id
+            JOIN modules m ON m.org_id = rv.org_id AND m.id = rv.module_id
+            WHERE {walk}
         )
-        SELECT r.org_id, r.version_id, r.label, v.id IS NOT NULL AS present,
-               coalesce(v.size_bytes, 0) AS size_bytes, v.digest
+        SELECT r.org_id, r.version_id, min(r.label) AS label, bool_or(v.id IS NOT NULL) AS present,
+               bool_or(v.id IS NOT NULL AND {readable}) AS readable,
+               bool_or(CASE WHEN v.id IS NULL THEN {recorded} ELSE {readable} END) AS named,
+               bool_or(coalesce(m.is_public, false)) AS public,
+               coalesce(max(v.size_bytes), 0) AS size_bytes, max(v.digest) AS digest
         FROM reached r
         LEFT JOIN module_versions v ON v.org_id = r.org_id AND v.id = r.version_id
-        ORDER BY r.label
-    """
+        LEFT JOIN modules m ON m.org_id = v.org_id AND m.id = v.module_id
+        GROUP BY r.org_id, r.version_id
+        ORDER BY label
+    """).format(
+        walk=readable(reader),
+        readable=readable(reader),
+        recorded=sees_private(reader, sql.Identifier("r", "recorder")),
+    )
     params = [
+        recorder,
         [r.org_id for r in roots],
         [r.version_id for r in roots],
         [r.label for r in roots],
@@ -281,8 +323,8 @@ async def closure(conn: AsyncConnection, roots: Sequence[Resolved]) -> list[Reac
 @dataclass(frozen=True)
 class GraphEdge:
     """A direct dependency in a version's closure, with what its target is now: ``present``
-    (False once deleted), ``is_public`` and ``readable`` (the caller may read it: a public
-    module, a module of an organization the caller belongs to, or any for a platform admin)."""
+    (False once deleted), ``is_public`` and ``readable`` (``visibility.readable``); ``shown``
+    as ``Edge.shown``."""
 
     org_id: uuid.UUID
     version_id: uuid.UUID
@@ -295,6 +337,7 @@ class GraphEdge:
     present: bool
     is_public: bool
     readable: bool
+    shown: bool
 
     @property
     def label(self) -> str:
@@ -302,38 +345,36 @@ class GraphEdge:
 
 
 async def graph_edges(
-    conn: AsyncConnection,
-    org_id: uuid.UUID,
-    version_id: uuid.UUID,
-    *,
-    caller_id: uuid.UUID | None,
-    caller_is_admin: bool,
+    conn: AsyncConnection, org_id: uuid.UUID, version_id: uuid.UUID, *, reader: Reader
 ) -> list[GraphEdge]:
-    """Every direct dependency of the version's closure (edges out of deleted versions are
-    gone with them), by dependent and position."""
-    query = """
+    """Every direct dependency of the version's closure as far as ``reader`` may read (the
+    walk stops at a version it may not read; edges out of deleted versions are gone with
+    them), by dependent and position."""
+    query = sql.SQL("""
         WITH RECURSIVE reached(org_id, version_id) AS (
             SELECT %(org)s::uuid, %(version)s::uuid
             UNION
             SELECT d.dep_org_id, d.dep_version_id
-            FROM version_dependencies d
-            JOIN reached r ON d.org_id = r.org_id AND d.version_id = r.version_id
+            FROM reached r
+            JOIN version_dependencies d ON d.org_id = r.org_id AND d.version_id = r.version_id
+            JOIN module_versions t ON t.org_id = d.dep_org_id AND t.id = d.dep_version_id
+            JOIN modules m ON m.org_id = t.org_id AND m.id = t.module_id
+            WHERE {readable}
         )
         SELECT d.org_id, d.version_id, d.position, d.dep_org_id, d.dep_version_id,
                d.dep_org_name, d.dep_module_name, d.dep_version,
                v.id IS NOT NULL AS present, coalesce(m.is_public, false) AS is_public,
-               coalesce(m.is_public OR %(admin)s OR o.owner_id = %(caller)s
-                        OR EXISTS (SELECT 1 FROM organization_members om
-                                   WHERE om.org_id = m.org_id AND om.user_id = %(caller)s),
-                        false) AS readable
+               v.id IS NOT NULL AND {readable} AS readable,
+               CASE WHEN v.id IS NULL THEN {recorder} ELSE {readable} END AS shown
         FROM reached r
         JOIN version_dependencies d ON d.org_id = r.org_id AND d.version_id = r.version_id
         LEFT JOIN module_versions v ON v.org_id = d.dep_org_id AND v.id = d.dep_version_id
         LEFT JOIN modules m ON m.org_id = v.org_id AND m.id = v.module_id
-        LEFT JOIN organizations o ON o.id = m.org_id
         ORDER BY d.org_id, d.version_id, d.position
-    """
-    params = {"org": org_id, "version": version_id, "caller": caller_id, "admin": caller_is_admin}
+    """).format(
+        readable=readable(reader), recorder=sees_private(reader, sql.Identifier("d", "org_id"))
+    )
+    params = {"org": org_id, "version": version_id}
     async with conn.cursor(row_factory=class_row(GraphEdge)) as cur:
         await cur.execute(query, params)
         return await cur.fetchall()

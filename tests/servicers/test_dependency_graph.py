@@ -15,7 +15,7 @@ from spoke.v1 import module_pb2 as pb
 from spoke_grpc.config import REPO_ROOT
 from tests.conftest import Users
 from tests.harness import Client, failure
-from tests.servicers.test_modules import create_module, create_org, proto, push
+from tests.servicers.test_modules import create_module, create_org, make_private, proto, push
 
 DOT_SCRIPT = REPO_ROOT / "scripts" / "dependency_graph_dot.py"
 
@@ -37,14 +37,15 @@ def shape(
 
 class World:
     """acme: `base` and `tools` (public) and `secret` (private); tools@1.0.0 depends on
-    secret and base. globex: `app` (public), whose 1.0.0 depends on acme's base and tools."""
+    secret and base. globex: `app` (public), whose 1.0.0 depends on acme's base and tools.
+    secret was public until then: acme's admin forced it private (publication rule)."""
 
     def __init__(self, users: Users) -> None:
         self.acme, self.globex = users.create("acme"), users.create("globex")
         create_org(self.acme, "acme")
         create_org(self.globex, "globex")
-        for name, public in (("base", True), ("secret", False), ("tools", True)):
-            create_module(self.acme, "acme", name, is_public=public)
+        for name in ("base", "secret", "tools"):
+            create_module(self.acme, "acme", name, is_public=True)
         push(self.acme, "acme", "base", "1.0.0", {"base/b.proto": proto("base", "message B {}")})
         push(self.acme, "acme", "secret", "1.0.0", {"sec/s.proto": proto("sec", "message S {}")})
         tools = proto(
@@ -68,6 +69,7 @@ class World:
             {"app/a.proto": app},
             deps=[("acme", "base", "1.0.0"), ("acme", "tools", "1.0.0")],
         )
+        make_private(self.acme, "acme", "secret", force=True)
 
 
 @pytest.fixture

@@ -1371,17 +1371,51 @@ def test_same_org_dependents_block_deletion_too(acme: Client) -> None:
     delete(acme, "acme", "base", force=True)
 
 
-def test_a_module_made_private_keeps_its_dependents_but_takes_no_new_ones(
+def make_private(client: Client, org: str, module: str, *, force: bool = False) -> pb.Module:
+    request = pb.UpdateModuleRequest(
+        org=org,
+        module=module,
+        update=pb.Module(is_public=False),
+        update_mask=FieldMask(paths=["is_public"]),
+        force=force,
+    )
+    result: pb.Module = client.modules.UpdateModule(request).module
+    return result
+
+
+def test_a_module_public_modules_depend_on_goes_private_only_by_force(
     dependents: Dependents,
 ) -> None:
-    update(dependents.provider, "acme", "base", ["is_public"], is_public=False)
+    """Publication rule: globex/app (public) depends on acme/base, which therefore stays
+    public; an admin may force it private, and then outsiders reach nothing of it."""
+    error = failure(lambda: make_private(dependents.provider, "acme", "base"))
+    assert error.code is grpc.StatusCode.FAILED_PRECONDITION
+    violation = error.detail(error_details_pb2.PreconditionFailure).violations[0]
+    assert violation.type == "MODULE_HAS_PUBLIC_DEPENDENTS"
+    assert "1 version(s) of public modules" in violation.description
+    # Counted, never named: the dependents may be in organizations the caller cannot see.
+    assert "globex" not in error.message and "app" not in violation.description
+    # force is for admins: the module's creator (a developer) may not.
+    denied = failure(lambda: make_private(dependents.creator, "acme", "base", force=True))
+    assert denied.code is grpc.StatusCode.PERMISSION_DENIED
+    assert not make_private(dependents.provider, "acme", "base", force=True).is_public
     consumer = dependents.consumer
-    # What was pushed against it still reads (and still compiles as a dependency).
+    # globex reads its own version, without the edge it may no longer read.
     app = get_version(consumer, "globex", "app", "1.0.0")
-    assert [(d.module, d.deleted) for d in app.dependencies] == [("base", False)]
+    assert list(app.dependencies) == []
+    assert [
+        d.module for d in get_version(dependents.provider, "globex", "app", "1.0.0").dependencies
+    ] == ["base"]
+    # Building on it is refused without naming what is hidden.
     create_module(consumer, "globex", "next")
     files = {"next/next.proto": proto("next", "message N { app.App a = 1; }", ["app/app.proto"])}
-    assert push(consumer, "globex", "next", "1.0.0", files, deps=[("globex", "app", "1.0.0")])
+    refused = failure(
+        lambda: push(consumer, "globex", "next", "1.0.0", files, deps=[("globex", "app", "1.0.0")])
+    )
+    assert refused.code is grpc.StatusCode.FAILED_PRECONDITION
+    hidden = refused.detail(error_details_pb2.PreconditionFailure).violations[0]
+    assert hidden.type == "DEPENDENCY_NOT_VISIBLE"
+    assert "base" not in refused.message
     # A new direct dependency on it is refused like a missing module.
     error = failure(
         lambda: push(
@@ -1389,6 +1423,80 @@ def test_a_module_made_private_keeps_its_dependents_but_takes_no_new_ones(
         )
     )
     assert error.message == "dependency 'acme/base@1.0.0' not found"
+
+
+def test_making_a_module_private_waits_for_a_public_push_in_flight(
+    dependents: Dependents, database_url: str
+) -> None:
+    """The publication rule under concurrency: a push of a public module that depends on
+    acme/base holds base's row (FOR SHARE) until it commits, so making base private waits
+    for it, then counts it, and is refused."""
+    consumer = dependents.consumer
+    create_module(consumer, "globex", "late", is_public=True)
+    with (
+        psycopg.connect(database_url, autocommit=True) as db,
+        psycopg.connect(database_url) as holder,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        # The push stops at globex's quota lock, after it resolved (and locked) base.
+        holder.execute(
+            "SELECT 1 FROM org_quotas q JOIN organizations o ON o.id = q.org_id"
+            " WHERE o.name = 'globex' FOR UPDATE"
+        )
+        pushing = pool.submit(
+            push, consumer, "globex", "late", "1.0.0", USES_BASE, deps=[("acme", "base", "1.0.0")]
+        )
+        wait_for_lock_waiters(db, 1)
+        # Only the public dependent globex/app counts so far; the push in flight holds base.
+        privatising = pool.submit(
+            code_of, lambda: make_private(dependents.provider, "acme", "base")
+        )
+        wait_for_lock_waiters(db, 2)
+        holder.rollback()
+        assert pushing.result(timeout=30).version == "1.0.0"
+        assert privatising.result(timeout=30) == "FAILED_PRECONDITION"
+    error = failure(lambda: make_private(dependents.provider, "acme", "base"))
+    assert "2 version(s) of public modules" in error.message
+
+
+def wait_for_lock_waiters(db: psycopg.Connection[Any], count: int) -> None:
+    """Until ``count`` server statements wait on a lock (pg_stat_activity), not a sleep."""
+    deadline = time.monotonic() + 20
+    while True:
+        row = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND application_name = 'spoke-grpc'"
+        ).fetchone()
+        if row is not None and row[0] >= count:
+            return
+        assert time.monotonic() < deadline, f"never {count} waiter(s) on a lock"
+        time.sleep(0.01)
+
+
+def test_a_public_module_depends_only_on_public_modules(acme: Client) -> None:
+    """Publication rule, the other direction: a public module's push may not depend on a
+    private module, and a module whose versions do may not be made public."""
+    create_module(acme, "acme", "inner")
+    push(acme, "acme", "inner", "1.0.0", BASE)
+    create_module(acme, "acme", "outer", is_public=True)
+    error = failure(
+        lambda: push(acme, "acme", "outer", "1.0.0", USES_BASE, deps=[("acme", "inner", "1.0.0")])
+    )
+    assert error.code is grpc.StatusCode.FAILED_PRECONDITION
+    violation = error.detail(error_details_pb2.PreconditionFailure).violations[0]
+    assert (violation.type, violation.subject) == ("DEPENDENCY_NOT_PUBLIC", "acme/inner@1.0.0")
+    # A private module may depend on it; it may not then be made public.
+    create_module(acme, "acme", "closed")
+    push(acme, "acme", "closed", "1.0.0", USES_BASE, deps=[("acme", "inner", "1.0.0")])
+    refused = failure(lambda: update(acme, "acme", "closed", ["is_public"], is_public=True))
+    assert refused.code is grpc.StatusCode.FAILED_PRECONDITION
+    why = refused.detail(error_details_pb2.PreconditionFailure).violations[0]
+    assert why.type == "DEPENDENCY_NOT_PUBLIC"
+    assert "acme/inner" in why.description
+    # Once what it needs is public, it may be.
+    update(acme, "acme", "inner", ["is_public"], is_public=True)
+    assert update(acme, "acme", "closed", ["is_public"], is_public=True).is_public
+    assert push(acme, "acme", "outer", "1.0.0", USES_BASE, deps=[("acme", "inner", "1.0.0")])
 
 
 def test_a_delete_waits_for_a_push_in_flight_and_then_sees_its_edge(
@@ -1422,11 +1530,12 @@ def test_a_delete_waits_for_a_push_in_flight_and_then_sees_its_edge(
 def test_outsiders_never_see_private_dependencies_named(
     acme: Client, anonymous: Client, users: Users, who: str
 ) -> None:
-    # A public module whose version depends on a private one of the same org.
-    create_module(acme, "acme", "hidden-base")
+    # A public module whose version depends on one of the same org made private since (force).
+    create_module(acme, "acme", "hidden-base", is_public=True)
     push(acme, "acme", "hidden-base", "1.0.0", BASE)
     create_module(acme, "acme", "open-app", is_public=True)
     push(acme, "acme", "open-app", "1.0.0", USES_BASE, deps=[("acme", "hidden-base", "1.0.0")])
+    make_private(acme, "acme", "hidden-base", force=True)
     member_view = get_version(acme, "acme", "open-app", "1.0.0")
     assert [d.module for d in member_view.dependencies] == ["hidden-base"]
     client = anonymous if who == "anonymous" else users.create()

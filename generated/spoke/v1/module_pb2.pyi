@@ -170,16 +170,18 @@ class ListModulesResponse(_message.Message):
     def __init__(self, modules: _Optional[_Iterable[_Union[Module, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class UpdateModuleRequest(_message.Message):
-    __slots__ = ("org", "module", "update", "update_mask")
+    __slots__ = ("org", "module", "update", "update_mask", "force")
     ORG_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     org: str
     module: str
     update: Module
     update_mask: _field_mask_pb2.FieldMask
-    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ..., update: _Optional[_Union[Module, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+    force: bool
+    def __init__(self, org: _Optional[str] = ..., module: _Optional[str] = ..., update: _Optional[_Union[Module, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class UpdateModuleResponse(_message.Message):
     __slots__ = ("module",)

@@ -172,7 +172,10 @@ class ModuleServiceServicer:
         BREAKING_CHANGE_POLICY_REJECT, a version that breaks wire or JSON
         compatibility with the module's highest version (by semantic version
         precedence) is FAILED_PRECONDITION, with a PreconditionFailure violation
-        per breaking change (type: the rule, subject: the path).
+        per breaking change (type: the rule, subject: the path). A public module's
+        versions depend only on public modules (`DEPENDENCY_NOT_PUBLIC`), and
+        dependencies that reach, transitively, a version the caller may not read
+        are `DEPENDENCY_NOT_VISIBLE` (FAILED_PRECONDITION, naming none of it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
