@@ -58,6 +58,7 @@ from spoke_grpc.servicers.modules import ModuleServicer
 from spoke_grpc.servicers.organizations import OrganizationServicer
 from spoke_grpc.servicers.quotas import QuotaServicer
 from spoke_grpc.servicers.users import UserServicer
+from spoke_grpc.tls import ReloadingCredentials
 from spoke_grpc.usage import Clock, UsageBuffer, utc_now
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,8 @@ class SpokeServer:
             InvitationMailer(self.settings, self.direct_url) if self.settings.smtp_url else None
         )
         self.metrics: metrics.ServerMetrics | None = None
+        # Read here so that a bad certificate or key fails before anything starts.
+        self.tls = ReloadingCredentials(self.settings.tls) if self.settings.tls else None
 
     async def start(self, listen: str | None = None) -> int:
         """Opens the pool and starts serving; returns the bound port."""
@@ -207,7 +210,11 @@ class SpokeServer:
         self._add_services(server)
         address = listen or self.settings.listen
         try:
-            self.port = server.add_insecure_port(address)
+            self.port = (
+                server.add_secure_port(address, self.tls.credentials)
+                if self.tls is not None
+                else server.add_insecure_port(address)
+            )
         except RuntimeError:
             await self._stop_metrics()
             await self.pool.close()
@@ -229,7 +236,16 @@ class SpokeServer:
                 "email is off (SPOKE_SMTP_URL unset): invitations are not emailed;"
                 " their tokens are returned by CreateInvitation"
             )
-        log.info("serving spoke.v1 on %s (port %d)", address, self.port)
+        log.info(
+            "serving spoke.v1 on %s (port %d, %s)",
+            address,
+            self.port,
+            "plaintext"
+            if self.settings.tls is None
+            else "mutual TLS"
+            if self.settings.tls.client_ca_file is not None
+            else "TLS",
+        )
         return self.port
 
     def _start_metrics(self) -> metrics.ServerMetrics | None:
