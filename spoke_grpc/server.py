@@ -32,7 +32,7 @@ from spoke.v1 import (
     user_pb2_grpc,
 )
 
-from spoke_grpc import metrics, tracing
+from spoke_grpc import metrics, tls, tracing
 from spoke_grpc.app import App
 from spoke_grpc.cache import AccessCache, CacheListener
 from spoke_grpc.compiler import Compiler
@@ -58,7 +58,6 @@ from spoke_grpc.servicers.modules import ModuleServicer
 from spoke_grpc.servicers.organizations import OrganizationServicer
 from spoke_grpc.servicers.quotas import QuotaServicer
 from spoke_grpc.servicers.users import UserServicer
-from spoke_grpc.tls import ReloadingCredentials
 from spoke_grpc.usage import Clock, UsageBuffer, utc_now
 
 log = logging.getLogger(__name__)
@@ -154,7 +153,7 @@ class SpokeServer:
         )
         self.metrics: metrics.ServerMetrics | None = None
         # Read here so that a bad certificate or key fails before anything starts.
-        self.tls = ReloadingCredentials(self.settings.tls) if self.settings.tls else None
+        self.tls = tls.ReloadingCredentials(self.settings.tls) if self.settings.tls else None
 
     async def start(self, listen: str | None = None) -> int:
         """Opens the pool and starts serving; returns the bound port."""
@@ -240,11 +239,7 @@ class SpokeServer:
             "serving spoke.v1 on %s (port %d, %s)",
             address,
             self.port,
-            "plaintext"
-            if self.settings.tls is None
-            else "mutual TLS"
-            if self.settings.tls.client_ca_file is not None
-            else "TLS",
+            tls.describe(self.settings.tls),
         )
         return self.port
 

@@ -126,7 +126,9 @@ class ReloadingCredentials:
         self.files = files
         self._lock = threading.Lock()  # grpc may fetch from several of its threads
         self._stamp = _stamp_or_none(files)
-        self._rejected: _Stamp | None = None
+        # What was last refused (the files' stamp, or why they could not be stat'ed):
+        # logged once, not at every connection.
+        self._rejected: _Stamp | str | None = None
         material = load(files)
         self.credentials = grpc.dynamic_ssl_server_credentials(
             material.configuration(),
@@ -141,7 +143,8 @@ class ReloadingCredentials:
             try:
                 stamp = _stamp(self.files)
             except OSError as exc:
-                self._reject(None, f"{exc.filename}: {exc.strerror}")
+                why = f"{exc.filename} cannot be read: {exc.strerror}"
+                self._reject(why, why)
                 return None
             if stamp == self._stamp or stamp == self._rejected:
                 return None
@@ -158,10 +161,17 @@ class ReloadingCredentials:
             log.info("TLS: certificate reloaded from %s", self.files.cert_file)
             return material.configuration()
 
-    def _reject(self, stamp: _Stamp | None, why: str) -> None:
-        if stamp is None or stamp != self._rejected:
+    def _reject(self, what: _Stamp | str, why: str) -> None:
+        if what != self._rejected:
             log.warning("TLS: keeping the previous certificate: %s", why)
-        self._rejected = stamp
+        self._rejected = what
+
+
+def describe(files: TlsFiles | None) -> str:
+    """How the port serves, for the log."""
+    if files is None:
+        return "plaintext"
+    return "mutual TLS" if files.client_ca_file is not None else "TLS"
 
 
 def _stamp_or_none(files: TlsFiles) -> _Stamp | None:

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,10 +143,13 @@ class TlsServer:
     files: TlsFiles
 
 
+StartServer = Callable[[TlsFiles], TlsServer]
+
+
 @pytest.fixture
 def tls_server_factory(
     pg_admin_url: str, template_url: str, settings: Settings, tmp_path: Path
-) -> Iterator[object]:
+) -> Iterator[StartServer]:
     started: list[tuple[ServerThread, str]] = []
 
     def start(files: TlsFiles) -> TlsServer:
@@ -239,10 +242,10 @@ def test_unusable_files_are_one_line_at_start(case: str, pki: Path, tmp_path: Pa
 # --- TLS ----------------------------------------------------------------------------------
 
 
-def test_tls_server_answers_tls_clients_only(tls_server_factory: object, pki: Path) -> None:
+def test_tls_server_answers_tls_clients_only(tls_server_factory: StartServer, pki: Path) -> None:
     ca = Authority.create(pki, "ca")
     issued = ca.issue("server")
-    server = tls_server_factory(TlsFiles(issued.cert, issued.key))  # type: ignore[operator]
+    server = tls_server_factory(TlsFiles(issued.cert, issued.key))
     address = server.thread.address
     with tls_channel(address, ca.cert) as channel:
         me = Client(channel, server.token).users.GetCurrentUser(user_pb2.GetCurrentUserRequest())
@@ -264,10 +267,10 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_grpcurl_over_tls(tls_server_factory: object, pki: Path) -> None:
+def test_grpcurl_over_tls(tls_server_factory: StartServer, pki: Path) -> None:
     ca = Authority.create(pki, "ca")
     issued = ca.issue("server")
-    server = tls_server_factory(TlsFiles(issued.cert, issued.key))  # type: ignore[operator]
+    server = tls_server_factory(TlsFiles(issued.cert, issued.key))
     address = server.thread.address
     listed = grpcurl("-cacert", str(ca.cert), address, "list")
     assert listed.returncode == 0, listed.stderr
@@ -291,14 +294,14 @@ def test_grpcurl_over_tls(tls_server_factory: object, pki: Path) -> None:
 
 
 def test_mutual_tls_requires_a_certificate_from_the_client_ca(
-    tls_server_factory: object, pki: Path
+    tls_server_factory: StartServer, pki: Path
 ) -> None:
     server_ca = Authority.create(pki, "server-ca")
     client_ca = Authority.create(pki, "client-ca")
     other_ca = Authority.create(pki, "other-ca")
     issued = server_ca.issue("server")
     files = TlsFiles(issued.cert, issued.key, client_ca.cert)
-    server = tls_server_factory(files)  # type: ignore[operator]
+    server = tls_server_factory(files)
     address = server.thread.address
     good = client_ca.issue("client", "DNS:client.test", usage="clientAuth")
     foreign = other_ca.issue("foreign", "DNS:client.test", usage="clientAuth")
@@ -324,14 +327,14 @@ def test_mutual_tls_requires_a_certificate_from_the_client_ca(
 
 @pytest.mark.parametrize("change", ["another-ca", "another-name"])
 def test_replaced_files_serve_the_next_connection(
-    change: str, tls_server_factory: object, pki: Path, tmp_path: Path
+    change: str, tls_server_factory: StartServer, pki: Path, tmp_path: Path
 ) -> None:
     first_ca = Authority.create(pki, "first-ca")
     first = first_ca.issue("first")
     live = TlsFiles(tmp_path / "tls.crt", tmp_path / "tls.key")
     replace(live.cert_file, first.cert)
     replace(live.key_file, first.key)
-    server = tls_server_factory(live)  # type: ignore[operator]
+    server = tls_server_factory(live)
     address = server.thread.address
     with tls_channel(address, first_ca.cert) as channel:
         assert check_health(channel).status == health_pb2.HealthCheckResponse.SERVING
@@ -359,6 +362,11 @@ def test_replaced_files_serve_the_next_connection(
         assert check_health(channel).status == health_pb2.HealthCheckResponse.SERVING
     assert "keeping the previous certificate" in logs.text
     assert "is not the private key" in logs.text
+    # So does a file missing for a moment.
+    live.key_file.unlink()
+    with CapturedLogs() as logs, tls_channel(address, new_ca.cert, server_name=name) as channel:
+        assert check_health(channel).status == health_pb2.HealthCheckResponse.SERVING
+    assert f"{live.key_file} cannot be read" in logs.text
 
 
 # --- the public address -------------------------------------------------------------------
