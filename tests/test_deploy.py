@@ -162,7 +162,7 @@ def test_kubernetes_probes_ask_the_served_port() -> None:
     assert probe_service(probes["livenessProbe"]) == LIVENESS_SERVICE
     assert probe_service(probes["startupProbe"]) == LIVENESS_SERVICE
     if Settings.from_env(kubernetes_env()).tls is not None:
-        # The kubelet's own gRPC probe speaks no TLS: the health command does.
+        # The kubelet's own gRPC probe takes no TLS settings: the health command does.
         assert all("exec" in probe for probe in probes.values())
     service = of_kind("Service")
     (service_port,) = service["spec"]["ports"]
