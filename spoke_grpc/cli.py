@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg_pool import PoolTimeout
 from yoyo.connections import BadConnectionURI
 
-from spoke_grpc import logs, migrations, tracing, workers
+from spoke_grpc import logs, migrations, tls, tracing, workers
 from spoke_grpc.bootstrap import BootstrapError, bootstrap_before_serving
 from spoke_grpc.config import ConfigError, Settings
 from spoke_grpc.database import connect, is_unavailable
@@ -130,6 +130,25 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--service", default="", help="grpc.health.v1 service name (default: the whole server)"
     )
+    # Over TLS (on when SPOKE_TLS_CERT_FILE is set, or with --cacert): see spoke_grpc.tls.
+    health.add_argument(
+        "--cacert",
+        type=Path,
+        help="TLS: trust these CA certificates (default: SPOKE_TLS_CERT_FILE, the server's own)",
+    )
+    health.add_argument(
+        "--cert",
+        type=Path,
+        help="mutual TLS: the client certificate (default: SPOKE_TLS_CERT_FILE)",
+    )
+    health.add_argument(
+        "--key", type=Path, help="mutual TLS: its private key (default: SPOKE_TLS_KEY_FILE)"
+    )
+    health.add_argument(
+        "--server-name",
+        help="TLS: the name the server's certificate must carry (default: the host of"
+        " --address, else of SPOKE_PUBLIC_ADDRESS, else localhost)",
+    )
     health.set_defaults(run=_health)
     return parser
 
@@ -152,8 +171,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(f"--workers must be at least 1, got {args.workers}")
     if not args.worker:
         # Before the embedded PostgreSQL, the migrations and the bootstrap admin: a taken
-        # address is an error that changes nothing. (The bind itself decides races.)
+        # address or an unusable certificate is an error that changes nothing. (The bind
+        # itself decides races.)
         workers.check_free(args.listen or settings.listen)
+        if settings.tls is not None:
+            tls.load(settings.tls)
     url = _database_url(settings)
     direct = settings.direct_url(url)  # yoyo's lock and DDL need a session of their own
     if settings.auto_migrate and not args.no_migrate:
@@ -258,7 +280,13 @@ async def _create_user(url: str, settings: Settings, args: argparse.Namespace) -
 def _health(args: argparse.Namespace, settings: Settings) -> int:
     address = args.address or _loopback(settings.listen)
     request = health_pb2.HealthCheckRequest(service=args.service)
-    with grpc.insecure_channel(address) as channel:
+    probe = tls.ProbeCredentials(
+        ca_file=args.cacert,
+        cert_file=args.cert,
+        key_file=args.key,
+        server_name=args.server_name or (_host(args.address) if args.address else None),
+    )
+    with tls.probe_channel(address, settings, probe) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
         except grpc.RpcError as exc:
@@ -266,6 +294,10 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
             if code is grpc.StatusCode.NOT_FOUND:
                 raise CommandError(f"{address} does not know service {args.service!r}") from None
             reason = code.name if code is not None else type(exc).__name__
+            details = exc.details() if isinstance(exc, grpc.Call) else None
+            if code is grpc.StatusCode.UNAVAILABLE and details:
+                # Why it could not connect: refused, or a TLS handshake that failed.
+                reason = f"{reason} ({details.splitlines()[0]})"
             raise CommandError(f"{address} did not answer a health check: {reason}") from None
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     if response.status != health_pb2.HealthCheckResponse.SERVING:
@@ -281,6 +313,11 @@ def _loopback(listen: str) -> str:
     if host in ("[::]", "::"):
         return f"[::1]:{port}"
     return listen
+
+
+def _host(address: str) -> str:
+    """The host of ``host:port`` (``[v6]:port``), without brackets."""
+    return address.rpartition(":")[0].strip("[]") or address
 
 
 def _first_line(exc: BaseException) -> str:

@@ -27,6 +27,17 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The files the service's port serves TLS from (``spoke_grpc.tls`` reads them, and
+    again whenever they change). With ``client_ca_file``, clients must present a
+    certificate that one of its certificates signed (mutual TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the service reads from its environment.
 
@@ -76,15 +87,18 @@ class Settings:
     max_connection_age_seconds: float = 300.0
     max_connection_age_grace_seconds: float = 30.0
     keepalive_time_seconds: float = 60.0
+    # SPOKE_TLS_*: the port serves TLS (None: plaintext).
+    tls: TlsFiles | None = None
 
     @property
     def public_target(self) -> tuple[str, bool]:
-        """Where clients call (``host:port``), and whether over TLS."""
+        """Where clients call (``host:port``), and whether over TLS: as the scheme of
+        ``public_address`` says, else as the service's own port does."""
         address = self.public_address or self.listen
         for scheme, tls in (("grpcs://", True), ("grpc://", False)):
             if address.startswith(scheme):
                 return address.removeprefix(scheme), tls
-        return address, False
+        return address, self.tls is not None
 
     @property
     def token_file(self) -> Path:
@@ -205,6 +219,11 @@ class Settings:
                 "SPOKE_MAX_CONNECTION_AGE_GRACE", defaults.max_connection_age_grace_seconds
             ),
             keepalive_time_seconds=number("SPOKE_KEEPALIVE_TIME", defaults.keepalive_time_seconds),
+            tls=check_tls(
+                env.get("SPOKE_TLS_CERT_FILE") or None,
+                env.get("SPOKE_TLS_KEY_FILE") or None,
+                env.get("SPOKE_TLS_CLIENT_CA_FILE") or None,
+            ),
         )
 
 
@@ -241,6 +260,30 @@ def check_public_address(address: str | None) -> str | None:
         )
     check_listen(bare, "SPOKE_PUBLIC_ADDRESS")
     return address
+
+
+def check_tls(cert: str | None, key: str | None, client_ca: str | None) -> TlsFiles | None:
+    """``SPOKE_TLS_CERT_FILE`` and ``SPOKE_TLS_KEY_FILE``, both or neither, and the optional
+    ``SPOKE_TLS_CLIENT_CA_FILE`` (only with them). The files are read at start
+    (``spoke_grpc.tls``), where an unreadable or invalid one is reported."""
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ConfigError(
+                "SPOKE_TLS_CLIENT_CA_FILE is set but SPOKE_TLS_CERT_FILE and SPOKE_TLS_KEY_FILE"
+                " are not: client certificates need a TLS port; set both, or unset it"
+            )
+        return None
+    if cert is None or key is None:
+        present, missing = (
+            ("SPOKE_TLS_CERT_FILE", "SPOKE_TLS_KEY_FILE")
+            if key is None
+            else ("SPOKE_TLS_KEY_FILE", "SPOKE_TLS_CERT_FILE")
+        )
+        raise ConfigError(
+            f"{present} is set but {missing} is not: TLS needs both the certificate (chain)"
+            " and its private key, as PEM files; set both, or neither for plaintext"
+        )
+    return TlsFiles(Path(cert), Path(key), Path(client_ca) if client_ca is not None else None)
 
 
 def check_database_url(url: str | None, *, name: str = "DATABASE_URL") -> str | None:

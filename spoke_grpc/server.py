@@ -32,7 +32,7 @@ from spoke.v1 import (
     user_pb2_grpc,
 )
 
-from spoke_grpc import metrics, tracing
+from spoke_grpc import metrics, tls, tracing
 from spoke_grpc.app import App
 from spoke_grpc.cache import AccessCache, CacheListener
 from spoke_grpc.compiler import Compiler
@@ -152,6 +152,8 @@ class SpokeServer:
             InvitationMailer(self.settings, self.direct_url) if self.settings.smtp_url else None
         )
         self.metrics: metrics.ServerMetrics | None = None
+        # Read here so that a bad certificate or key fails before anything starts.
+        self.tls = tls.ReloadingCredentials(self.settings.tls) if self.settings.tls else None
 
     async def start(self, listen: str | None = None) -> int:
         """Opens the pool and starts serving; returns the bound port."""
@@ -207,7 +209,11 @@ class SpokeServer:
         self._add_services(server)
         address = listen or self.settings.listen
         try:
-            self.port = server.add_insecure_port(address)
+            self.port = (
+                server.add_secure_port(address, self.tls.credentials)
+                if self.tls is not None
+                else server.add_insecure_port(address)
+            )
         except RuntimeError:
             await self._stop_metrics()
             await self.pool.close()
@@ -229,7 +235,12 @@ class SpokeServer:
                 "email is off (SPOKE_SMTP_URL unset): invitations are not emailed;"
                 " their tokens are returned by CreateInvitation"
             )
-        log.info("serving spoke.v1 on %s (port %d)", address, self.port)
+        log.info(
+            "serving spoke.v1 on %s (port %d, %s)",
+            address,
+            self.port,
+            tls.describe(self.settings.tls),
+        )
         return self.port
 
     def _start_metrics(self) -> metrics.ServerMetrics | None:

@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from spoke_grpc.bootstrap import bootstrap_before_serving
 from spoke_grpc.config import ConfigError, Settings
 from spoke_grpc.metrics import WorkerMetrics
+from spoke_grpc.tls import probe_channel
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def supervise(settings: Settings, database_url: str, address: str, count: int) -
     stop = _StopSignal()
     workers = [_start(i, database_url, address, sockets[i]) for i in range(count)]
     try:
-        _wait_ready(address, settings.pool_timeout_seconds + 30, workers)
+        _wait_ready(address, settings, workers)
         print(f"spoke-grpc serving on {address} with {count} workers", flush=True)
         while not stop.requested:
             for i, worker in enumerate(workers):
@@ -136,10 +137,12 @@ def _restart(
     return restarted
 
 
-def _wait_ready(address: str, timeout: float, workers: list[_Worker]) -> None:
+def _wait_ready(address: str, settings: Settings, workers: list[_Worker]) -> None:
+    """Until a worker answers SERVING on ``address``, over TLS when the port serves it."""
     target = address.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]")
+    timeout = settings.pool_timeout_seconds + 30
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
+    with probe_channel(target, settings) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if any(w.process.poll() is not None for w in workers):

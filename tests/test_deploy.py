@@ -9,8 +9,10 @@ database settings route the pool through pgbouncer and sessions of their own aro
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shlex
+import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from spoke_grpc.config import REPO_ROOT, Settings
+from spoke_grpc import tls
+from spoke_grpc.config import REPO_ROOT, Settings, TlsFiles
 from spoke_grpc.health import LIVENESS_SERVICE
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -131,6 +134,14 @@ def test_the_database_goes_through_pgbouncer_and_sessions_around_it() -> None:
     assert not re.search(r"^ignore_startup_parameters", ini, re.MULTILINE)
 
 
+def probe_service(probe: dict[str, Any]) -> str:
+    """The grpc.health.v1 service a probe asks ("" for the server)."""
+    if "grpc" in probe:
+        return str(probe["grpc"].get("service", ""))
+    command = probe["exec"]["command"]
+    return command[command.index("--service") + 1] if "--service" in command else ""
+
+
 def test_kubernetes_probes_ask_the_served_port() -> None:
     spoke = container()
     port = listen_port(kubernetes_env())
@@ -147,11 +158,70 @@ def test_kubernetes_probes_ask_the_served_port() -> None:
             if "--address" in command:
                 assert command[command.index("--address") + 1].endswith(f":{port}"), name
     # Readiness follows the database; liveness must not (an outage is not a restart).
-    assert probes["readinessProbe"]["grpc"].get("service", "") == ""
-    assert probes["livenessProbe"]["grpc"]["service"] == LIVENESS_SERVICE
+    assert probe_service(probes["readinessProbe"]) == ""
+    assert probe_service(probes["livenessProbe"]) == LIVENESS_SERVICE
+    assert probe_service(probes["startupProbe"]) == LIVENESS_SERVICE
+    if Settings.from_env(kubernetes_env()).tls is not None:
+        # The kubelet's own gRPC probe takes no TLS settings: the health command does.
+        assert all("exec" in probe for probe in probes.values())
     service = of_kind("Service")
     (service_port,) = service["spec"]["ports"]
     assert service_port["targetPort"] in ("grpc", port)
+
+
+def test_kubernetes_tls_files_come_from_a_renewable_secret() -> None:
+    """The TLS settings name files in a Secret volume mounted whole (a subPath mount never
+    sees a renewal, so the server would never reload), read-only."""
+    files = Settings.from_env(kubernetes_env()).tls
+    assert files is not None
+    spoke = container()
+    volumes = {v["name"]: v for v in of_kind("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    paths = [files.cert_file, files.key_file, *filter(None, [files.client_ca_file])]
+    for path in paths:
+        (mount,) = [m for m in spoke["volumeMounts"] if path.parent == Path(m["mountPath"])]
+        assert mount.get("readOnly") is True and "subPath" not in mount
+        assert "secret" in volumes[mount["name"]]
+    (service_port,) = of_kind("Service")["spec"]["ports"]
+    assert service_port.get("appProtocol") != "kubernetes.io/h2c"  # h2c is cleartext
+
+
+def test_compose_tls_certificates_are_made_for_the_service(tmp_path: Path) -> None:
+    """The certs service's script makes files the service loads, for the address its
+    health check dials, in the volume the service mounts where its settings look."""
+    services = compose()["services"]
+    files = Settings.from_env(compose_env("spoke")).tls
+    assert files is not None
+    (mount,) = [v for v in services["spoke"]["volumes"] if v.split(":")[1] == "/etc/spoke/tls"]
+    volume = mount.split(":")[0]
+    assert f"{volume}:/tls" in services["certs"]["volumes"]
+    assert files.cert_file.parent == Path("/etc/spoke/tls")
+    assert services["spoke"]["depends_on"]["certs"]["condition"] == (
+        "service_completed_successfully"
+    )
+    script = DEPLOY / "tls" / "make-certificates.sh"
+    out = tmp_path / "tls"
+    subprocess.run(
+        ["sh", str(script), str(out)],
+        env={**os.environ, "OWNER": ""},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    # Where the service looks, and the commented-out CA for mutual TLS.
+    local = TlsFiles(
+        out / files.cert_file.name, out / files.key_file.name, client_ca_file=out / "ca.crt"
+    )
+    tls.load(local)  # ConfigError if the pair or the CA does not load
+    names = subprocess.run(
+        ["openssl", "x509", "-in", str(local.cert_file), "-noout", "-ext", "subjectAltName"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    command = services["spoke"]["healthcheck"]["test"]
+    host = command[command.index("--address") + 1].rsplit(":", 1)[0]
+    assert f"IP Address:{host}" in names and "DNS:localhost" in names
+    assert not (out / "ca.key").exists()  # nothing more can be issued from that CA
 
 
 def test_kubernetes_stop_grace_covers_the_shutdown_grace() -> None:
