@@ -106,6 +106,7 @@ UNCHECKED_TABLES = (
     "server_secrets",
     "org_api_requests_hourly",
     "org_usage_periods",
+    "usage_flush_writers",
 )
 
 INT_RANGES: dict[int, tuple[int, ...]] = {
