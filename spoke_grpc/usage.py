@@ -111,6 +111,7 @@ class UsageBuffer:
         self._flushed: dict[Key, int] = {}  # database totals as of this process's last flush
         self._flushing = asyncio.Lock()  # one flush at a time: the task's, stop's, a test's
         self._task: asyncio.Task[None] | None = None
+        self._background_flush: asyncio.Future[bool] | None = None
         self.failed_flushes = 0
         self.dropped = 0
         # Wall time when the buffer was last written through (or started): for metrics.
@@ -118,6 +119,11 @@ class UsageBuffer:
         # Test seam: called once a batch has committed, before this process takes note of
         # it; raising there is a COMMIT whose reply was lost.
         self.committed: Callable[[], None] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the background flush task runs (False from the start of ``stop``)."""
+        return self._task is not None
 
     @property
     def writer(self) -> uuid.UUID:
@@ -203,13 +209,16 @@ class UsageBuffer:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            # Shielded: stopping the task never abandons a write half way; stop() waits for it.
-            await asyncio.shield(self.flush())
+            # Shielded (and held here): stopping the task never abandons a write half way.
+            self._background_flush = asyncio.ensure_future(self.flush())
+            await asyncio.shield(self._background_flush)
 
     async def stop(self) -> None:
         """Stops the flush task, waits for a flush in flight and flushes what is left (once)."""
         await background.cancel(self._task)
         self._task = None
+        if self._background_flush is not None:
+            await self._background_flush
         if not await self.flush():
             log.error(
                 "usage: %d org-hours of API request counts could not be written at shutdown",
