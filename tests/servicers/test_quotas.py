@@ -565,6 +565,29 @@ def test_concurrent_calls_on_two_servers_flushing_all_along_are_counted_exactly(
     assert writers == (2,)  # each flushed several batches while the calls went on
 
 
+def test_flushes_prune_the_batch_numbers_of_writers_silent_for_a_week(
+    own_database: str, tmp_path: Path
+) -> None:
+    gone, recent = uuid.uuid4(), uuid.uuid4()
+    with harness.connect(own_database) as db:
+        db.execute(
+            "INSERT INTO usage_flush_writers (writer, batch, written_at) VALUES"
+            " (%s, 3, now() - interval '8 days'), (%s, 9, now() - interval '6 days')",
+            [gone, recent],
+        )
+    deployment = Deployment(own_database, tmp_path / "token")
+    try:
+        deployment.admin.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="pruning"))
+        get(deployment.admin, "pruning")()
+        assert deployment.flush()
+        writer = deployment.usage.writer
+    finally:
+        deployment.stop()
+    with harness.connect(own_database) as db:
+        rows = db.execute("SELECT writer, batch FROM usage_flush_writers").fetchall()
+    assert sorted(rows) == sorted([(recent, 9), (writer, 1)])
+
+
 def test_the_buffer_is_bounded(server: ServerThread) -> None:
     buffer = UsageBuffer(server.server.pool, interval=1, max_keys=3)
     orgs = [uuid.uuid4() for _ in range(5)]
