@@ -29,6 +29,7 @@ SCHEMA_TABLES = frozenset(
         "org_quotas",
         "org_usage_periods",
         "org_api_requests_hourly",
+        "usage_flush_writers",
         "audit_events",
     }
 )

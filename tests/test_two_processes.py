@@ -2,13 +2,14 @@
 ``spoke-grpc serve`` processes on one database: each process has its own pool, caches and
 usage buffer, so only the database's locks and constraints can keep the rules.
 
-Covered here: the last admin, a version's uniqueness, and the module quota.
+Covered here: the last admin, a version's uniqueness, the module quota and the usage counts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -177,3 +178,24 @@ def test_thirty_creates_through_two_processes_stop_at_the_module_limit(pair: Pai
         " WHERE o.name = 'crowded'",
     )
     assert created == MODULE_LIMIT
+
+
+def test_calls_through_two_processes_are_each_counted_once(pair: Pair) -> None:
+    admin, other = pair.clients()
+    org = admin.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="tallied"))
+    org_id = org.organization.id
+    read = opb.GetOrganizationRequest(org="tallied")
+    codes = at_once(
+        [lambda c=(admin if i % 2 else other): c.orgs.GetOrganization(read) for i in range(40)]
+    )
+    assert codes == ["OK"] * 40
+    # Each process flushes on its own (every second): wait until both have written theirs.
+    counted = "SELECT coalesce(sum(requests), 0) FROM org_api_requests_hourly WHERE org_id = %s"
+    deadline = time.monotonic() + 20
+    while one(pair.url, counted, org_id) < 40:
+        assert time.monotonic() < deadline, "the counts never reached the database"
+        time.sleep(0.05)
+    assert one(pair.url, counted, org_id) == 40
+    monthly = "SELECT coalesce(sum(api_requests), 0) FROM org_usage_periods WHERE org_id = %s"
+    assert one(pair.url, monthly, org_id) == 40
+    assert one(pair.url, "SELECT count(*) FROM usage_flush_writers") >= 2  # one per process

@@ -105,15 +105,20 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         buffer = self._app.usage
         now = buffer.clock()
         month, hour = month_start(now), hour_start(now)
-        live = await usage_store.live_usage(await call.connection(), org.id, month.date(), hour)
+        # Taken before the read: the batch numbers tell which of them the read already saw.
+        this_month, this_hour = buffer.unflushed(org.id, month), buffer.unflushed(org.id, hour)
+        conn = await call.connection()
+        live = await usage_store.live_usage(conn, org.id, month.date(), hour, buffer.writer)
         return _usage(
             now,
             modules=live.modules,
             versions=live.versions,
             storage_bytes=live.storage_bytes,
             compile_jobs=live.compile_jobs,
-            api_requests=live.api_requests + buffer.unflushed(org.id, month),
-            api_requests_this_hour=live.api_requests_this_hour + buffer.unflushed(org.id, hour),
+            api_requests=live.api_requests + this_month.beyond(live.writer_batch),
+            api_requests_this_hour=(
+                live.api_requests_this_hour + this_hour.beyond(live.writer_batch)
+            ),
         )
 
     async def GetUsageHistory(

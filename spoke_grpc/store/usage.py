@@ -13,40 +13,78 @@ from psycopg.rows import class_row
 
 from spoke_grpc.pagination import PageRequest
 
-# One statement per flush. Counts of organizations deleted meanwhile are dropped (the join),
-# rows are written in (org, hour) order so that concurrent flushes never deadlock, and the
-# hour totals come back for this process's view of the rate quota.
+# One statement per flush. It first claims the batch: the writer's row (one per usage buffer,
+# see migrations/0012) takes the batch number only if it is above the last one applied, so a
+# batch retried after its COMMIT's reply was lost adds nothing. Counts of organizations
+# deleted meanwhile are dropped (the join), rows are written in (org, hour) order so that
+# concurrent flushes never deadlock, and the hour totals come back for this process's view
+# of the rate quota: the new ones, or the stored ones when the batch was applied before.
+# Rows of writers silent for WRITER_RETENTION are pruned, skipping any another flush holds.
 _FLUSH = """
-WITH batch AS (
+WITH claim AS (
+    INSERT INTO usage_flush_writers AS w (writer, batch) VALUES (%(writer)s, %(batch)s)
+    ON CONFLICT (writer) DO UPDATE SET batch = EXCLUDED.batch, written_at = now()
+    WHERE w.batch < EXCLUDED.batch
+    RETURNING w.writer
+), pruned AS (
+    DELETE FROM usage_flush_writers WHERE writer IN (
+        SELECT writer FROM usage_flush_writers
+        WHERE written_at < now() - %(retention)s::interval AND writer <> %(writer)s
+        FOR UPDATE SKIP LOCKED)
+), batch AS (
     SELECT b.org_id, b.hour_start, b.requests
     FROM unnest(%(orgs)s::uuid[], %(hours)s::timestamptz[], %(counts)s::bigint[])
          AS b (org_id, hour_start, requests)
     JOIN organizations o ON o.id = b.org_id
+    WHERE EXISTS (SELECT FROM claim)
 ), monthly AS (
     INSERT INTO org_usage_periods AS p (org_id, period_start, api_requests)
     SELECT org_id, date_trunc('month', hour_start AT TIME ZONE 'UTC')::date, sum(requests)
     FROM batch GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (org_id, period_start)
     DO UPDATE SET api_requests = p.api_requests + EXCLUDED.api_requests
+), hourly AS (
+    INSERT INTO org_api_requests_hourly AS h (org_id, hour_start, requests)
+    SELECT org_id, hour_start, requests FROM batch ORDER BY 1, 2
+    ON CONFLICT (org_id, hour_start) DO UPDATE SET requests = h.requests + EXCLUDED.requests
+    RETURNING h.org_id, h.hour_start, h.requests
 )
-INSERT INTO org_api_requests_hourly AS h (org_id, hour_start, requests)
-SELECT org_id, hour_start, requests FROM batch ORDER BY 1, 2
-ON CONFLICT (org_id, hour_start) DO UPDATE SET requests = h.requests + EXCLUDED.requests
-RETURNING h.org_id, h.hour_start, h.requests
+SELECT org_id, hour_start, requests FROM hourly
+UNION ALL
+SELECT h.org_id, h.hour_start, h.requests
+FROM org_api_requests_hourly h
+JOIN unnest(%(orgs)s::uuid[], %(hours)s::timestamptz[]) AS k (org_id, hour_start)
+    USING (org_id, hour_start)
+WHERE NOT EXISTS (SELECT FROM claim)
 """
 
+# How long a silent writer's last batch number is kept: a batch retried later than this
+# after its lost reply would be counted again (the database was away that long).
+WRITER_RETENTION = dt.timedelta(days=7)
 
-async def flush(
-    conn: AsyncConnection, counts: Mapping[tuple[uuid.UUID, dt.datetime], int]
-) -> dict[tuple[uuid.UUID, dt.datetime], int]:
-    """Adds ``counts`` to the database; returns the new totals of the hours written."""
-    keys = sorted(counts)
+
+@dataclass(frozen=True)
+class Batch:
+    """Counts per (org, hour) that one writer (usage buffer) adds as its flush number ``number``."""
+
+    writer: uuid.UUID
+    number: int
+    counts: Mapping[tuple[uuid.UUID, dt.datetime], int]
+
+
+async def flush(conn: AsyncConnection, batch: Batch) -> dict[tuple[uuid.UUID, dt.datetime], int]:
+    """Adds the batch's counts to the database unless that batch was applied already;
+    returns the totals of its hours."""
+    keys = sorted(batch.counts)
     cur = await conn.execute(
         _FLUSH,
         {
+            "writer": batch.writer,
+            "batch": batch.number,
+            "retention": WRITER_RETENTION,
             "orgs": [org for org, _ in keys],
             "hours": [hour for _, hour in keys],
-            "counts": [counts[key] for key in keys],
+            "counts": [batch.counts[key] for key in keys],
         },
     )
     return {(row[0], row[1]): int(row[2]) for row in await cur.fetchall()}
@@ -69,7 +107,8 @@ class Gauges:
 
 @dataclass(frozen=True)
 class LiveUsage:
-    """Gauges from live state, this month's counters and this hour's flushed requests."""
+    """Gauges from live state, this month's counters and this hour's flushed requests, and
+    the last batch number applied for the reading process's usage buffer (None: none yet)."""
 
     modules: int
     versions: int
@@ -77,10 +116,15 @@ class LiveUsage:
     compile_jobs: int
     api_requests: int
     api_requests_this_hour: int
+    writer_batch: int | None
 
 
 async def live_usage(
-    conn: AsyncConnection, org_id: uuid.UUID, month: dt.date, hour: dt.datetime
+    conn: AsyncConnection,
+    org_id: uuid.UUID,
+    month: dt.date,
+    hour: dt.datetime,
+    writer: uuid.UUID,
 ) -> LiveUsage:
     async with conn.cursor(row_factory=class_row(LiveUsage)) as cur:
         await cur.execute(
@@ -90,11 +134,13 @@ async def live_usage(
                 " coalesce(p.api_requests, 0) AS api_requests,"
                 " coalesce((SELECT requests FROM org_api_requests_hourly"
                 "   WHERE org_id = %(org)s AND hour_start = %(hour)s), 0)"
-                "   AS api_requests_this_hour"
+                "   AS api_requests_this_hour,"
+                " (SELECT batch FROM usage_flush_writers WHERE writer = %(writer)s)"
+                "   AS writer_batch"
                 " FROM ({}) AS g LEFT JOIN org_usage_periods p"
                 "   ON p.org_id = %(org)s AND p.period_start = %(month)s"
             ).format(_GAUGES),
-            {"org": org_id, "month": month, "hour": hour},
+            {"org": org_id, "month": month, "hour": hour, "writer": writer},
         )
         row = await cur.fetchone()
     if row is None:

@@ -3,6 +3,8 @@ that tests can move (``FakeClock``)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import threading
 import time
@@ -17,6 +19,7 @@ import psycopg
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2
+from spoke.v1 import member_pb2, user_pb2
 from spoke.v1 import module_pb2 as mpb
 from spoke.v1 import organization_pb2 as opb
 from spoke.v1 import quota_pb2 as qpb
@@ -29,6 +32,7 @@ from spoke_grpc.usage import UsageBuffer
 from tests import harness
 from tests.conftest import Users
 from tests.harness import Client, ServerThread, failure
+from tests.interceptors.test_concurrency import waiting_on_locks
 from tests.proxy import DatabaseProxy
 
 
@@ -386,6 +390,202 @@ def test_hour_and_month_rollover(own_database: str, tmp_path: Path) -> None:
         assert [p.api_requests for p in history.periods[:3]] == [3, 5, 0]
     finally:
         deployment.stop()
+
+
+@contextlib.contextmanager
+def hourly_rows_locked(url: str) -> Iterator[psycopg.Connection[Any]]:
+    """Holds a lock that every flush statement waits on (its INSERT into the hourly rows)
+    until the block ends; yields an autocommit connection to watch the waiters with."""
+    with psycopg.connect(url, autocommit=True) as watcher, psycopg.connect(url) as holder:
+        holder.execute("LOCK TABLE org_api_requests_hourly IN EXCLUSIVE MODE")
+        try:
+            yield watcher
+        finally:
+            holder.rollback()
+
+
+def wait_for_a_flush_to_block(watcher: psycopg.Connection[Any]) -> None:
+    deadline = time.monotonic() + 10
+    while waiting_on_locks(watcher) < 1:
+        assert time.monotonic() < deadline, "no flush reached the lock"
+        time.sleep(0.01)
+
+
+def member_of(deployment: Deployment, org: str, email: str) -> Client:
+    created = deployment.admin.users.CreateUser(user_pb2.CreateUserRequest(email=email))
+    deployment.admin.members.AddMember(
+        member_pb2.AddMemberRequest(org=org, user=created.user.id, role=member_pb2.ROLE_ADMIN)
+    )
+    return Client(deployment.channel, created.token, created.user.id, email)
+
+
+def test_a_batch_being_written_stays_counted_for_the_hourly_limit(
+    own_database: str, tmp_path: Path
+) -> None:
+    deployment = Deployment(own_database, tmp_path / "token")
+    limit = 8
+    try:
+        org = deployment.admin.orgs.CreateOrganization(
+            opb.CreateOrganizationRequest(name="bursting")
+        ).organization
+        org_id = uuid.UUID(org.id)
+        update(
+            deployment.admin,
+            "bursting",
+            ["max_api_requests_per_hour"],
+            max_api_requests_per_hour=limit,
+        )
+        member = member_of(deployment, "bursting", "burst@example.com")
+        for i in range(3):
+            describe(member, "bursting", f"before {i}")
+        used = deployment.usage.requests_this_hour(org_id)
+        assert 3 <= used < limit
+        with hourly_rows_locked(own_database) as watcher:
+            flushing = asyncio.run_coroutine_threadsafe(
+                deployment.usage.flush(), deployment.server.loop
+            )
+            wait_for_a_flush_to_block(watcher)
+            # The batch is in flight: in neither memory's pending counts nor the database.
+            assert counts(own_database, org.id) == (0, 0)
+            assert deployment.usage.requests_this_hour(org_id) == used
+            accepted = 0
+            while True:
+                try:
+                    describe(member, "bursting", f"burst {accepted}")
+                except grpc.RpcError as exc:
+                    assert exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+                    break
+                accepted += 1
+                assert accepted <= limit, "the burst was never refused"
+            assert accepted == limit - used
+            # GetUsage adds exactly what its read of the database did not see.
+            during = member.quotas.GetUsage(qpb.GetUsageRequest(org="bursting")).usage
+            assert during.api_requests_this_hour == deployment.usage.requests_this_hour(org_id)
+            assert not flushing.done()
+        assert flushing.result(timeout=30)
+        assert counts(own_database, org.id) == (used, used)
+        after = member.quotas.GetUsage(qpb.GetUsageRequest(org="bursting")).usage
+        total = deployment.usage.requests_this_hour(org_id)
+        # The refused call and both GetUsage calls count too.
+        assert after.api_requests_this_hour == total == used + accepted + 3
+        assert deployment.flush()
+        assert counts(own_database, org.id) == (total, total)
+    finally:
+        deployment.stop()
+
+
+def test_a_stop_during_a_flush_waits_for_it_and_loses_nothing(
+    own_database: str, tmp_path: Path
+) -> None:
+    deployment = Deployment(own_database, tmp_path / "token", flush=0.05)
+    try:
+        org = deployment.admin.orgs.CreateOrganization(
+            opb.CreateOrganizationRequest(name="stopping")
+        ).organization
+        assert deployment.flush()
+        before = counts(own_database, org.id)
+        with hourly_rows_locked(own_database) as watcher:
+            for _ in range(6):
+                get(deployment.admin, "stopping")()
+            wait_for_a_flush_to_block(watcher)  # the flush task's own, with some of the 6
+            stopping = threading.Thread(target=deployment.stop)
+            stopping.start()
+            deadline = time.monotonic() + 10
+            while deployment.usage.running:  # stop() has taken the flush task down
+                assert time.monotonic() < deadline, "stop() never stopped the flush task"
+                time.sleep(0.01)
+            assert stopping.is_alive()  # waiting for the flush in flight
+        stopping.join(30)
+        assert not stopping.is_alive()
+    finally:
+        if deployment.usage.running:
+            deployment.stop()
+    assert counts(own_database, org.id) == (before[0] + 6, before[1] + 6)
+
+
+def test_a_batch_whose_commit_reply_was_lost_is_not_counted_twice(
+    own_database: str, tmp_path: Path
+) -> None:
+    deployment = Deployment(own_database, tmp_path / "token")
+    try:
+        org = deployment.admin.orgs.CreateOrganization(
+            opb.CreateOrganizationRequest(name="unsure")
+        ).organization
+        org_id = uuid.UUID(org.id)
+        for _ in range(5):
+            get(deployment.admin, "unsure")()
+        lost: list[int] = []
+
+        def lose_the_reply() -> None:
+            # Called after the COMMIT went through: the connection drops before the reply.
+            deployment.usage.committed = None
+            lost.append(1)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        deployment.usage.committed = lose_the_reply
+        assert not deployment.flush()
+        assert lost == [1]
+        assert counts(own_database, org.id) == (5, 5)  # it did commit
+        assert deployment.usage.requests_this_hour(org_id) == 5  # counted once meanwhile
+        get(deployment.admin, "unsure")()
+        assert deployment.usage.requests_this_hour(org_id) == 6
+        usage = deployment.admin.quotas.GetUsage(qpb.GetUsageRequest(org="unsure")).usage
+        assert (usage.api_requests_this_hour, usage.api_requests) == (7, 7)
+        assert deployment.flush()  # the same batch again (adds nothing), then the 2 new calls
+        assert counts(own_database, org.id) == (7, 7)
+        assert deployment.usage.requests_this_hour(org_id) == 7
+        assert deployment.usage.failed_flushes == 1
+    finally:
+        deployment.stop()
+    assert counts(own_database, org.id) == (7, 7)
+
+
+def test_concurrent_calls_on_two_servers_flushing_all_along_are_counted_exactly(
+    own_database: str, tmp_path: Path
+) -> None:
+    first = Deployment(own_database, tmp_path / "token", flush=0.01)
+    second = Deployment(own_database, tmp_path / "token", flush=0.01)
+    try:
+        org = first.admin.orgs.CreateOrganization(
+            opb.CreateOrganizationRequest(name="tallied")
+        ).organization
+        calls = [get(d.admin, "tallied") for d in (first, second) for _ in range(60)]
+        with ThreadPoolExecutor(max_workers=8) as clients:
+            for future in [clients.submit(call) for call in calls]:
+                future.result()
+    finally:
+        first.stop()
+        second.stop()
+    assert counts(own_database, org.id) == (120, 120)
+    with harness.connect(own_database) as db:
+        writers = db.execute(
+            "SELECT count(*) FROM usage_flush_writers WHERE writer = ANY(%s) AND batch > 1",
+            [[first.usage.writer, second.usage.writer]],
+        ).fetchone()
+    assert writers == (2,)  # each flushed several batches while the calls went on
+
+
+def test_flushes_prune_the_batch_numbers_of_writers_silent_for_a_week(
+    own_database: str, tmp_path: Path
+) -> None:
+    gone, recent = uuid.uuid4(), uuid.uuid4()
+    with harness.connect(own_database) as db:
+        db.execute(
+            "INSERT INTO usage_flush_writers (writer, batch, written_at) VALUES"
+            " (%s, 3, now() - interval '8 days'), (%s, 9, now() - interval '6 days')",
+            [gone, recent],
+        )
+    deployment = Deployment(own_database, tmp_path / "token")
+    try:
+        deployment.admin.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="pruning"))
+        get(deployment.admin, "pruning")()
+        assert deployment.flush()
+        writer = deployment.usage.writer
+    finally:
+        deployment.stop()
+    with harness.connect(own_database) as db:
+        rows = db.execute("SELECT writer, batch FROM usage_flush_writers").fetchall()
+    assert sorted(rows) == sorted([(recent, 9), (writer, 1)])
 
 
 def test_the_buffer_is_bounded(server: ServerThread) -> None:
