@@ -76,6 +76,12 @@ class Settings:
     max_connection_age_seconds: float = 300.0
     max_connection_age_grace_seconds: float = 30.0
     keepalive_time_seconds: float = 60.0
+    # Abuse limits (README "Abuse limits"; 0: none): organizations a user may own and live
+    # API tokens a user may hold (platform admins exempt), and anonymous calls per minute
+    # per client address.
+    max_orgs_per_user: int = 10
+    max_tokens_per_user: int = 50
+    anonymous_rate_limit: int = 60
 
     @property
     def public_target(self) -> tuple[str, bool]:
@@ -205,6 +211,13 @@ class Settings:
                 "SPOKE_MAX_CONNECTION_AGE_GRACE", defaults.max_connection_age_grace_seconds
             ),
             keepalive_time_seconds=number("SPOKE_KEEPALIVE_TIME", defaults.keepalive_time_seconds),
+            max_orgs_per_user=int(number("SPOKE_MAX_ORGS_PER_USER", defaults.max_orgs_per_user)),
+            max_tokens_per_user=int(
+                number("SPOKE_MAX_TOKENS_PER_USER", defaults.max_tokens_per_user)
+            ),
+            anonymous_rate_limit=int(
+                number("SPOKE_ANONYMOUS_RATE_LIMIT", defaults.anonymous_rate_limit)
+            ),
         )
 
 
