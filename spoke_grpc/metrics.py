@@ -100,6 +100,16 @@ class RpcMetrics:
         self.in_flight = Gauge(
             "spoke_rpc_in_flight", "spoke.v1 calls being served now", ["method"], registry=registry
         )
+        self.refused_outsider_calls = Counter(
+            "spoke_refused_outsider_calls",
+            "Calls into an organization refused to a caller who is not its member (a stranger"
+            " or an anonymous caller); they write no audit event into the organization",
+            ["method"],
+            registry=registry,
+        )
+
+    def count_refused_outsider(self, method: str) -> None:
+        self.refused_outsider_calls.labels(method).inc()
 
 
 class OutboxProbe:

@@ -196,7 +196,11 @@ class SpokeServer:
                 *([ConcurrencyLimitInterceptor(cap)] if cap > 0 else []),
                 RequestCheckInterceptor(),
                 UnitOfWorkInterceptor(self.pool, self.settings, self.cache),
-                AuditInterceptor(),
+                AuditInterceptor(
+                    self.metrics.rpc.count_refused_outsider
+                    if self.metrics is not None
+                    else lambda method: None
+                ),
                 AuthInterceptor(self.cache),
                 OrgContextInterceptor(),
                 UsageInterceptor(self.usage),
