@@ -89,6 +89,12 @@ class Settings:
     keepalive_time_seconds: float = 60.0
     # SPOKE_TLS_*: the port serves TLS (None: plaintext).
     tls: TlsFiles | None = None
+    # Abuse limits (README "Abuse limits"; 0: none): organizations a user may own and live
+    # API tokens a user may hold (platform admins exempt), and anonymous calls per minute
+    # per client address.
+    max_orgs_per_user: int = 10
+    max_tokens_per_user: int = 50
+    anonymous_rate_limit: int = 60
 
     @property
     def public_target(self) -> tuple[str, bool]:
@@ -223,6 +229,13 @@ class Settings:
                 env.get("SPOKE_TLS_CERT_FILE") or None,
                 env.get("SPOKE_TLS_KEY_FILE") or None,
                 env.get("SPOKE_TLS_CLIENT_CA_FILE") or None,
+            ),
+            max_orgs_per_user=int(number("SPOKE_MAX_ORGS_PER_USER", defaults.max_orgs_per_user)),
+            max_tokens_per_user=int(
+                number("SPOKE_MAX_TOKENS_PER_USER", defaults.max_tokens_per_user)
+            ),
+            anonymous_rate_limit=int(
+                number("SPOKE_ANONYMOUS_RATE_LIMIT", defaults.anonymous_rate_limit)
             ),
         )
 

@@ -193,7 +193,9 @@ class FailedPrecondition(SpokeError):
 
 
 class QuotaExceeded(SpokeError):
-    """An allocation quota or a rate window of the organization is used up."""
+    """An allocation quota or a rate window is used up: the organization's, a user's (the
+    organizations and API tokens one may hold) or an anonymous client address's.
+    ``advice``, when given, ends the message with what the caller can do."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RESOURCE_QUOTA_EXCEEDED"
@@ -206,10 +208,12 @@ class QuotaExceeded(SpokeError):
         current: int,
         limit: int,
         retry_after_seconds: int | None = None,
+        advice: str | None = None,
     ) -> None:
         label = quota.replace("_", " ")
         super().__init__(
-            f"{label} quota exceeded: {current} of {limit} used",
+            f"{label} quota exceeded: {current} of {limit} used"
+            + (f"; {advice}" if advice else ""),
             metadata={"quota": quota, "limit": str(limit), "current": str(current)},
             reason="RATE_LIMIT_EXCEEDED" if retry_after_seconds is not None else None,
         )

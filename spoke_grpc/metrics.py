@@ -58,6 +58,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
 
+from spoke_grpc.anonymous_rate import AnonymousRateLimiter
 from spoke_grpc.config import ConfigError
 from spoke_grpc.usage import UsageBuffer
 
@@ -100,6 +101,16 @@ class RpcMetrics:
         self.in_flight = Gauge(
             "spoke_rpc_in_flight", "spoke.v1 calls being served now", ["method"], registry=registry
         )
+        self.refused_outsider_calls = Counter(
+            "spoke_refused_outsider_calls",
+            "Calls into an organization refused to a caller who is not its member (a stranger"
+            " or an anonymous caller); they write no audit event into the organization",
+            ["method"],
+            registry=registry,
+        )
+
+    def count_refused_outsider(self, method: str) -> None:
+        self.refused_outsider_calls.labels(method).inc()
 
 
 class OutboxProbe:
@@ -166,6 +177,7 @@ class StateSources:
     caches: Mapping[str, object] = field(default_factory=dict)
     mailer: _Mailer | None = None
     outbox: OutboxProbe | None = None
+    anonymous_rate: AnonymousRateLimiter | None = None
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -198,6 +210,7 @@ class StateCollector(Collector):
         )
         yield from self._pool()
         yield from self._usage()
+        yield from self._anonymous_rate()
         yield from self._compiler()
         yield from self._caches()
         yield from self._email()
@@ -258,6 +271,31 @@ class StateCollector(Collector):
             "spoke_usage_dropped_requests",
             "API request counts dropped because the buffer was full",
             usage.dropped,
+        )
+
+    def _anonymous_rate(self) -> Iterator[Metric]:
+        limiter = self._s.anonymous_rate
+        if limiter is None or limiter.limit <= 0:
+            return
+        yield _gauge(
+            "spoke_anonymous_rate_limit",
+            "SPOKE_ANONYMOUS_RATE_LIMIT: anonymous calls per minute per client address",
+            limiter.limit,
+        )
+        yield _gauge(
+            "spoke_anonymous_rate_addresses",
+            "Client addresses counted in the current minute",
+            limiter.tracked,
+        )
+        yield _counter(
+            "spoke_anonymous_rate_refused",
+            "Anonymous calls refused for their address's rate limit",
+            limiter.refused,
+        )
+        yield _counter(
+            "spoke_anonymous_rate_evicted",
+            "Addresses forgotten before their minute ended, to bound memory",
+            limiter.evicted,
         )
 
     def _compiler(self) -> Iterator[Metric]:

@@ -1,9 +1,10 @@
 """The grpc.aio server: spoke.v1 services behind the interceptors, plus health and reflection.
 
 Interceptors, outermost first: [tracing, when on] → telemetry (request id, access line,
-metrics) → errors → concurrency cap → request check (decoding, text) → unit of work (one
-connection, one transaction for writes, deadline, retries) → audit → auth (caller and org
-in one statement) → org context (access rules) → servicer.
+metrics) → errors → concurrency cap → anonymous rate limit (per client address) → request
+check (decoding, text) → unit of work (one connection, one transaction for writes,
+deadline, retries) → audit → auth (caller and org in one statement) → org context (access
+rules) → usage → quota → servicer.
 
 Lifecycle: ``start`` checks that every RPC's policy can be enforced, opens the pool and
 serves; ``stop`` turns health NOT_SERVING, refuses new calls, lets in-flight calls finish
@@ -33,12 +34,14 @@ from spoke.v1 import (
 )
 
 from spoke_grpc import metrics, tls, tracing
+from spoke_grpc.anonymous_rate import AnonymousRateLimiter
 from spoke_grpc.app import App
 from spoke_grpc.cache import AccessCache, CacheListener
 from spoke_grpc.compiler import Compiler
 from spoke_grpc.config import ConfigError, Settings
 from spoke_grpc.database import check_session, connect, create_pool, pool_is_full
 from spoke_grpc.health import DatabaseHealth
+from spoke_grpc.interceptors.anonymous_rate import AnonymousRateInterceptor
 from spoke_grpc.interceptors.audit import AuditInterceptor
 from spoke_grpc.interceptors.auth import AuthInterceptor
 from spoke_grpc.interceptors.concurrency import ConcurrencyLimitInterceptor
@@ -138,6 +141,9 @@ class SpokeServer:
         self.usage = UsageBuffer(
             self.pool, self.settings.usage_flush_interval_seconds, clock=self.clock
         )
+        self.anonymous_rate = AnonymousRateLimiter(
+            self.settings.anonymous_rate_limit, clock=self.clock
+        )
         self._server: aio.Server | None = None
         self.port = 0
         self.compiler = Compiler(
@@ -196,9 +202,18 @@ class SpokeServer:
                     functools.partial(pool_is_full, self.pool),
                 ),
                 *([ConcurrencyLimitInterceptor(cap)] if cap > 0 else []),
+                *(
+                    [AnonymousRateInterceptor(self.anonymous_rate)]
+                    if self.anonymous_rate.limit > 0
+                    else []
+                ),
                 RequestCheckInterceptor(),
                 UnitOfWorkInterceptor(self.pool, self.settings, self.cache),
-                AuditInterceptor(),
+                AuditInterceptor(
+                    self.metrics.rpc.count_refused_outsider
+                    if self.metrics is not None
+                    else lambda method: None
+                ),
                 AuthInterceptor(self.cache),
                 OrgContextInterceptor(),
                 UsageInterceptor(self.usage),
@@ -262,6 +277,7 @@ class SpokeServer:
                 if cache is not None
             },
             mailer=self.mailer,
+            anonymous_rate=self.anonymous_rate,
             outbox=metrics.OutboxProbe(self.direct_url) if self.mailer is not None else None,
         )
         served = metrics.ServerMetrics(sources)

@@ -56,7 +56,11 @@ def fresh_url(pg_admin_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return Settings(pool_min_size=2, pool_max_size=20, shutdown_grace_seconds=1)
+    # Every test calls from 127.0.0.1: the whole suite would share one address's anonymous
+    # allowance (tests/interceptors/test_anonymous_rate.py has a server of its own).
+    return Settings(
+        pool_min_size=2, pool_max_size=20, shutdown_grace_seconds=1, anonymous_rate_limit=0
+    )
 
 
 @pytest.fixture(scope="session")

@@ -79,14 +79,17 @@ def migrated_template(url: str) -> str:
 
 
 class ServerThread:
-    """A SpokeServer on its own event loop in a daemon thread."""
+    """A SpokeServer on its own event loop in a daemon thread. ``listen`` must take IPv4
+    loopback calls (``[::]:0`` takes IPv6 ones too): ``address`` is on 127.0.0.1."""
 
-    def __init__(self, settings: Settings, database_url: str, **options: Any) -> None:
+    def __init__(
+        self, settings: Settings, database_url: str, *, listen: str = "127.0.0.1:0", **options: Any
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.server = self.run(_make_server(settings, database_url, **options))
-        self.port = self.run(self.server.start("127.0.0.1:0"))
+        self.port = self.run(self.server.start(listen))
         self.address = f"127.0.0.1:{self.port}"
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:

@@ -150,3 +150,23 @@ def test_the_direct_url_defaults_to_database_url() -> None:
     )
     assert behind.direct_url(PGBOUNCER) == DIRECT
     assert behind.startup_options is False
+
+
+def test_abuse_limits_default_and_zero_turns_each_off() -> None:
+    defaults = Settings.from_env({})
+    assert (
+        defaults.max_orgs_per_user,
+        defaults.max_tokens_per_user,
+        defaults.anonymous_rate_limit,
+    ) == (10, 50, 60)
+    off = Settings.from_env(
+        {
+            "SPOKE_MAX_ORGS_PER_USER": "0",
+            "SPOKE_MAX_TOKENS_PER_USER": "0",
+            "SPOKE_ANONYMOUS_RATE_LIMIT": "0",
+        }
+    )
+    assert (off.max_orgs_per_user, off.max_tokens_per_user, off.anonymous_rate_limit) == (0, 0, 0)
+    for name in ("SPOKE_MAX_ORGS_PER_USER", "SPOKE_MAX_TOKENS_PER_USER"):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: "-1"})

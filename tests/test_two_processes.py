@@ -2,7 +2,8 @@
 ``spoke-grpc serve`` processes on one database: each process has its own pool, caches and
 usage buffer, so only the database's locks and constraints can keep the rules.
 
-Covered here: the last admin, a version's uniqueness, the module quota and the usage counts.
+Covered here: the last admin, a version's uniqueness, the module quota, the usage counts
+and the cap on organizations a user owns.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.servicers.test_modules import code_of, proto, retrying_busy
 from tests.test_shutdown import CHANNEL_OPTIONS, serving, wait_serving
 
 MODULE_LIMIT = 10  # the default (small) tier's
+ORG_CAP = 10  # SPOKE_MAX_ORGS_PER_USER's default
 
 
 @dataclass(frozen=True)
@@ -199,3 +201,26 @@ def test_calls_through_two_processes_are_each_counted_once(pair: Pair) -> None:
     monthly = "SELECT coalesce(sum(api_requests), 0) FROM org_usage_periods WHERE org_id = %s"
     assert one(pair.url, monthly, org_id) == 40
     assert one(pair.url, "SELECT count(*) FROM usage_flush_writers") >= 2  # one per process
+
+
+def test_thirty_org_creates_by_one_user_through_two_processes_stop_at_the_cap(
+    pair: Pair,
+) -> None:
+    admin, _ = pair.clients()
+    token = admin.users.CreateUser(user_pb2.CreateUserRequest(email="founder@pair.example")).token
+    first, second = pair.clients(token)
+    codes = at_once(
+        [
+            lambda c=(first if i % 2 else second), i=i: c.orgs.CreateOrganization(
+                opb.CreateOrganizationRequest(name=f"founded-{i:02d}")
+            )
+            for i in range(30)
+        ]
+    )
+    assert (codes.count("OK"), codes.count("RESOURCE_EXHAUSTED")) == (ORG_CAP, 20), codes
+    owned = one(
+        pair.url,
+        "SELECT count(*) FROM organizations o JOIN users u ON u.id = o.owner_id"
+        " WHERE u.email = 'founder@pair.example'",
+    )
+    assert owned == ORG_CAP

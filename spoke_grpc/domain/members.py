@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from psycopg import AsyncConnection
 
 from spoke_grpc import tokens
+from spoke_grpc.domain import user_limits
 from spoke_grpc.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -117,9 +118,16 @@ async def remove_member(
 
 
 async def transfer_ownership(
-    conn: AsyncConnection, org: OrgContext, user_ref: str, *, principal: Principal, method: str
+    conn: AsyncConnection,
+    org: OrgContext,
+    user_ref: str,
+    *,
+    principal: Principal,
+    max_owned: int,
+    method: str,
 ) -> Organization:
-    """Makes a member the owner and an admin; the previous owner stays an admin."""
+    """Makes a member the owner and an admin; the previous owner stays an admin. The new
+    owner must own fewer than ``max_owned`` organizations (``domain.user_limits``)."""
     user_id = _user_id("user_id", user_ref)
     # FOR UPDATE: waits for the org's writes in flight, and serialises transfers.
     current = await organizations.get_org(conn, org.id, lock=True)
@@ -133,6 +141,7 @@ async def transfer_ownership(
             org,
             f"user {user_ref!r} is not a member of {org.name!r}; add them first",
         )
+    await user_limits.reserve_transfer(conn, principal, user_id, max_owned)
     previous = current.owner_id
     await members.set_role(conn, org.id, user_id, Role.ADMIN)
     if await members.get_member(conn, org.id, previous, lock=True) is None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from spoke_grpc.domain import user_limits
 from spoke_grpc.errors import FailedPrecondition, NotFound, PermissionDenied, PreconditionViolation
 from spoke_grpc.store import audit, members, organizations, quotas
 from spoke_grpc.tiers import QuotaTier
@@ -52,8 +53,11 @@ async def create_organization(
     *,
     principal: Principal,
     default_tier: QuotaTier,
+    max_owned: int,
     method: str,
 ) -> Organization:
+    """Creates the organization, owned by the caller, unless they own ``max_owned`` already
+    (0: no cap; ``spoke_grpc.domain.user_limits``)."""
     violations = Violations()
     violations.slug("name", new.name)
     violations.text("display_name", new.display_name, max_length=MAX_DISPLAY_NAME)
@@ -66,6 +70,7 @@ async def create_organization(
             f"only platform admins may create organizations outside the default tier"
             f" ({default_tier.value}); omit quota_tier or ask an admin"
         )
+    await user_limits.reserve_organization(conn, principal, max_owned)
     org = await organizations.insert_org(
         conn,
         name=new.name,

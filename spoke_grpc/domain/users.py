@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from psycopg import AsyncConnection
 
 from spoke_grpc import tokens
+from spoke_grpc.domain import user_limits
 from spoke_grpc.errors import NotFound
 from spoke_grpc.store import audit, users
 from spoke_grpc.store.users import ApiTokenRow
-from spoke_grpc.types import User
+from spoke_grpc.types import Principal, User
 from spoke_grpc.validation import MAX_DISPLAY_NAME, Violations, required_uuid
 
 
@@ -51,11 +52,20 @@ async def create_user(
 
 
 async def create_api_token(
-    conn: AsyncConnection, user_id: uuid.UUID, description: str, *, method: str
+    conn: AsyncConnection,
+    principal: Principal,
+    description: str,
+    *,
+    max_live: int,
+    method: str,
 ) -> tuple[ApiTokenRow, tokens.IssuedToken]:
+    """A new token for the caller, unless they hold ``max_live`` live ones already (0: no
+    cap; ``spoke_grpc.domain.user_limits``)."""
     violations = Violations()
     violations.text("description", description, max_length=MAX_DISPLAY_NAME)
     violations.raise_if_any()
+    await user_limits.reserve_api_token(conn, principal, max_live)
+    user_id = principal.user_id
     token = tokens.issue()
     row = await users.insert_token(conn, user_id=user_id, token=token, description=description)
     await audit.record(

@@ -7,12 +7,20 @@ to record the attempt, with its status code and its target, on the same connecti
 after the rollback. Auditing never changes the call's outcome: if the database cannot
 take the event, it is logged and dropped. Calls refused before the caller is known
 (unauthenticated, undecodable or bad text) are not audited.
+
+An organization's audit trail is its members' (and platform admins') doing: a refused call
+into an organization by someone who is not a member (a stranger or an anonymous caller,
+whether or not the organization exists) writes no audit event, so outsiders cannot fill
+another organization's audit table, or the database, with their attempts. Such refusals,
+reads included, are counted instead (``spoke_refused_outsider_calls_total{method}``); the
+access log line still names the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.message import Message
@@ -42,26 +50,41 @@ _MAX_TARGET_PART = 100
 
 
 class AuditInterceptor(PolicyInterceptor):
+    """``on_outsider_refused`` is told the method (``spoke.v1.X/Y``) of each refused call by
+    an outsider: it counts them in the metrics."""
+
+    def __init__(self, on_outsider_refused: Callable[[str], None] = lambda method: None) -> None:
+        super().__init__()
+        self._on_outsider_refused = on_outsider_refused
+
     async def intercept(
         self, policy: Policy, request: Any, context: aio.ServicerContext, call_next: Behavior
     ) -> Any:
-        if policy.read_only:
-            return await call_next(request, context)
         try:
             return await call_next(request, context)
         except SpokeError as exc:
             if not isinstance(exc, Unavailable | Unimplemented):
-                self._record_failure(policy, request, exc.code.name)
+                self._refused(policy, request, exc.code.name)
             raise
         except (aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:
             if not (is_unavailable(exc) or is_retryable(exc)):
-                self._record_failure(policy, request, "INTERNAL")
+                self._refused(policy, request, "INTERNAL")
             raise
 
-    def _record_failure(self, policy: Policy, request: Any, outcome: str) -> None:
+    def _refused(self, policy: Policy, request: Any, outcome: str) -> None:
         call = current_call()
+        if outcome == "UNAUTHENTICATED":
+            return  # no caller to speak of: neither audited nor an outsider's attempt
+        if is_outsider(call):
+            self._on_outsider_refused(policy.method.removeprefix("/"))
+        elif not policy.read_only:
+            self._record_failure(policy, request, outcome, call)
+
+    def _record_failure(
+        self, policy: Policy, request: Any, outcome: str, call: CallContext
+    ) -> None:
         if call.principal is None or call.unit is None:
             return  # unauthenticated noise is not audited
         event = audit.AuditEvent(
@@ -76,6 +99,16 @@ class AuditInterceptor(PolicyInterceptor):
             await audit.record(conn, event)
 
         call.unit.on_rollback(record)
+
+
+def is_outsider(call: CallContext) -> bool:
+    """Whether the call names an organization its caller is not a member of (a platform
+    admin is never an outsider; a missing organization has no members)."""
+    if not call.policy.org_scoped:
+        return False
+    if call.principal is not None and call.principal.is_admin:
+        return False
+    return call.org is None or call.org.role is None
 
 
 def failure_target(policy: Policy, request: Message, call: CallContext) -> str:

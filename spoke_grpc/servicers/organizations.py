@@ -81,6 +81,7 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
             new,
             principal=call.require_principal(),
             default_tier=self._app.settings.default_quota_tier,
+            max_owned=self._app.settings.max_orgs_per_user,
             method=call.policy.method,
         )
         return organization_pb2.CreateOrganizationResponse(organization=org_to_proto(row))
@@ -148,6 +149,7 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
             call.require_org(),
             request.user_id,
             principal=call.require_principal(),
+            max_owned=self._app.settings.max_orgs_per_user,
             method=call.policy.method,
         )
         return organization_pb2.TransferOwnershipResponse(organization=org_to_proto(row))

@@ -70,8 +70,9 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         call = current_call()
         row, token = await domain.create_api_token(
             await call.connection(),
-            call.require_principal().user_id,
+            call.require_principal(),
             request.description,
+            max_live=self._app.settings.max_tokens_per_user,
             method=call.policy.method,
         )
         return user_pb2.CreateApiTokenResponse(api_token=token_to_proto(row), token=token.value)

@@ -110,6 +110,13 @@ async def count_modules(conn: AsyncConnection, org_id: uuid.UUID) -> int:
     return int(row[0]) if row else 0
 
 
+async def count_owned(conn: AsyncConnection, owner_id: uuid.UUID) -> int:
+    """The organizations ``owner_id`` owns now (deleted ones are gone: they do not count)."""
+    cur = await conn.execute("SELECT count(*) FROM organizations WHERE owner_id = %s", [owner_id])
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
 async def delete_org(conn: AsyncConnection, org_id: uuid.UUID) -> bool:
     """Deletes the organization and, through ON DELETE CASCADE, everything it owns."""
     cur = await conn.execute("DELETE FROM organizations WHERE id = %s", [org_id])

@@ -63,6 +63,27 @@ async def count_users(conn: AsyncConnection) -> int:
     return int(row[0]) if row else 0
 
 
+async def lock_user(conn: AsyncConnection, user_id: uuid.UUID) -> bool | None:
+    """Locks the user's row ``FOR NO KEY UPDATE`` to the end of the transaction and returns
+    whether the user is a platform admin (None: no such user). The lock serialises the
+    per-user caps' checks; it does not wait for, or hold up, the foreign-key checks (``FOR
+    KEY SHARE``) of rows that reference the user."""
+    cur = await conn.execute(
+        "SELECT is_admin FROM users WHERE id = %s FOR NO KEY UPDATE", [user_id]
+    )
+    row = await cur.fetchone()
+    return bool(row[0]) if row else None
+
+
+async def count_live_tokens(conn: AsyncConnection, user_id: uuid.UUID) -> int:
+    """The user's API tokens that are not revoked."""
+    cur = await conn.execute(
+        "SELECT count(*) FROM api_tokens WHERE user_id = %s AND revoked_at IS NULL", [user_id]
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
 async def insert_token(
     conn: AsyncConnection, *, user_id: uuid.UUID, token: IssuedToken, description: str
 ) -> ApiTokenRow:

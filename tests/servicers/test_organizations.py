@@ -13,6 +13,7 @@ from spoke.v1 import organization_pb2 as pb
 from spoke_grpc.types import Role
 from tests.conftest import Users
 from tests.harness import Client, all_pages, failure
+from tests.overlap import released_together
 
 
 def create(client: Client, name: str, **fields: Any) -> pb.Organization:
@@ -438,3 +439,95 @@ def test_oversized_request_is_refused_before_any_work(
         create(owner, "too-big", description="x" * (17 * 2**20))
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert db.execute("SELECT count(*) FROM organizations").fetchone() == (0,)
+
+
+# Per-user cap on organizations owned (SPOKE_MAX_ORGS_PER_USER, default 10).
+ORG_CAP = 10
+
+
+def count(db: psycopg.Connection[Any], query: str, *params: Any) -> int:
+    row = db.execute(query, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def owned(db: psycopg.Connection[Any], user: Client) -> int:
+    return count(db, "SELECT count(*) FROM organizations WHERE owner_id = %s", user.user_id)
+
+
+def assert_org_cap(error: Any, user_id: str, current: int = ORG_CAP) -> None:
+    assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error.error_info
+    assert info.reason == "RESOURCE_QUOTA_EXCEEDED"
+    assert dict(info.metadata) == {
+        "quota": "organizations_per_user",
+        "limit": str(ORG_CAP),
+        "current": str(current),
+    }
+    violation = error.detail(error_details_pb2.QuotaFailure).violations[0]
+    assert violation.subject == f"users/{user_id}"
+    assert f"{current} of {ORG_CAP} used" in error.message
+    assert "SPOKE_MAX_ORGS_PER_USER" in error.message
+
+
+def test_a_user_owns_at_most_ten_orgs_and_a_deleted_one_frees_its_place(
+    users: Users, db: psycopg.Connection[Any]
+) -> None:
+    maker, other = users.create(), users.create()
+    for i in range(ORG_CAP):
+        create(maker, f"mine-{i}")
+    error = failure(lambda: create(maker, "one-too-many"))
+    assert_org_cap(error, maker.user_id)
+    assert "delete an organization you own or transfer its ownership" in error.message
+    assert owned(db, maker) == ORG_CAP
+    assert count(db, "SELECT count(*) FROM organizations WHERE name = 'one-too-many'") == 0
+    # Membership of other orgs does not count, nor does another user's ownership.
+    create(other, "theirs")
+    users.join(
+        other.orgs.GetOrganization(pb.GetOrganizationRequest(org="theirs")).organization.id,
+        maker,
+        Role.ADMIN,
+    )
+    # Orgs owned now: deleting one frees a place.
+    maker.orgs.DeleteOrganization(pb.DeleteOrganizationRequest(org="mine-0"))
+    assert create(maker, "one-more").owner_id == maker.user_id
+    assert_org_cap(failure(lambda: create(maker, "again-too-many")), maker.user_id)
+
+
+def test_platform_admins_may_own_more_orgs(admin: Client, users: Users) -> None:
+    for i in range(ORG_CAP + 2):
+        create(admin, f"admin-org-{i}")
+    assert len(list_pages(admin, 100)[0]) == ORG_CAP + 2
+
+
+def test_ownership_cannot_be_handed_to_a_user_at_the_cap(
+    admin: Client, users: Users, db: psycopg.Connection[Any]
+) -> None:
+    full, giver = users.create(), users.create()
+    for i in range(ORG_CAP):
+        create(full, f"full-{i}")
+    gift = create(giver, "gift")
+    users.join(gift.id, full, Role.VIEWER)
+    transfer = pb.TransferOwnershipRequest(org="gift", user_id=full.user_id)
+    error = failure(lambda: giver.orgs.TransferOwnership(transfer))
+    assert_org_cap(error, full.user_id)
+    assert "the new owner must delete or hand over" in error.message
+    assert owned(db, giver) == 1 and owned(db, full) == ORG_CAP
+    # A platform admin may hand it over anyway.
+    assert admin.orgs.TransferOwnership(transfer).organization.owner_id == full.user_id
+
+
+def test_two_creates_at_once_by_a_user_one_short_of_the_cap_make_one(
+    users: Users, db: psycopg.Connection[Any], database_url: str
+) -> None:
+    racer = users.create()
+    for i in range(ORG_CAP - 1):
+        create(racer, f"race-{i}")
+    codes = released_together(
+        database_url,
+        "SELECT 1 FROM users WHERE id = %s FOR UPDATE",
+        [racer.user_id],
+        [lambda n=n: create(racer, n) for n in ("race-a", "race-b")],
+    )
+    assert sorted(codes) == ["OK", "RESOURCE_EXHAUSTED"]
+    assert owned(db, racer) == ORG_CAP

@@ -6,11 +6,13 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from google.rpc import error_details_pb2
 from spoke.v1 import user_pb2
 
 from tests import harness
 from tests.conftest import Users
 from tests.harness import Client, all_pages, failure
+from tests.overlap import released_together
 
 ME = user_pb2.GetCurrentUserRequest()
 
@@ -175,3 +177,74 @@ def test_list_api_tokens_pages_through_everything(users: Users) -> None:
     seen = [t.description for page in pages for t in page]
     assert seen == [f"t{i}" for i in reversed(range(7))] + ["initial token"]
     assert len(set(seen)) == 8
+
+
+# Per-user cap on live API tokens (SPOKE_MAX_TOKENS_PER_USER, default 50).
+TOKEN_CAP = 50
+
+
+def live_tokens(db: psycopg.Connection[Any], user: Client) -> int:
+    row = db.execute(
+        "SELECT count(*) FROM api_tokens WHERE user_id = %s AND revoked_at IS NULL",
+        [user.user_id],
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def new_token(user: Client, description: str = "") -> user_pb2.CreateApiTokenResponse:
+    response: user_pb2.CreateApiTokenResponse = user.users.CreateApiToken(
+        user_pb2.CreateApiTokenRequest(description=description)
+    )
+    return response
+
+
+def test_a_user_holds_at_most_fifty_live_tokens_and_revoking_frees_a_place(
+    users: Users, db: psycopg.Connection[Any]
+) -> None:
+    ivan = users.create("ivan")
+    made = [new_token(ivan, f"t{i}") for i in range(TOKEN_CAP - 1)]  # and the initial token
+    assert live_tokens(db, ivan) == TOKEN_CAP
+    error = failure(lambda: new_token(ivan, "one too many"))
+    assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.error_info.reason == "RESOURCE_QUOTA_EXCEEDED"
+    assert dict(error.error_info.metadata) == {
+        "quota": "api_tokens_per_user",
+        "limit": str(TOKEN_CAP),
+        "current": str(TOKEN_CAP),
+    }
+    violation = error.detail(error_details_pb2.QuotaFailure).violations[0]
+    assert violation.subject == f"users/{ivan.user_id}"
+    assert f"{TOKEN_CAP} of {TOKEN_CAP} used" in error.message
+    assert "revoke a token you no longer use" in error.message
+    assert "SPOKE_MAX_TOKENS_PER_USER" in error.message
+    assert live_tokens(db, ivan) == TOKEN_CAP
+    # Live tokens: a revoked one frees its place.
+    ivan.users.RevokeApiToken(user_pb2.RevokeApiTokenRequest(api_token_id=made[0].api_token.id))
+    new_token(ivan, "replacement")
+    assert failure(lambda: new_token(ivan)).code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Another user is not affected.
+    new_token(users.create("judy"))
+
+
+def test_platform_admins_may_hold_more_tokens(admin: Client, db: psycopg.Connection[Any]) -> None:
+    for i in range(TOKEN_CAP + 1):
+        new_token(admin, f"admin-{i}")
+    assert live_tokens(db, admin) == TOKEN_CAP + 2
+
+
+def test_two_tokens_at_once_one_short_of_the_cap_make_one(
+    users: Users, db: psycopg.Connection[Any], database_url: str
+) -> None:
+    kim = users.create("kim")
+    for i in range(TOKEN_CAP - 2):
+        new_token(kim, f"t{i}")
+    assert live_tokens(db, kim) == TOKEN_CAP - 1
+    codes = released_together(
+        database_url,
+        "SELECT 1 FROM users WHERE id = %s FOR UPDATE",
+        [kim.user_id],
+        [lambda: new_token(kim, "a"), lambda: new_token(kim, "b")],
+    )
+    assert sorted(codes) == ["OK", "RESOURCE_EXHAUSTED"]
+    assert live_tokens(db, kim) == TOKEN_CAP
