@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -314,66 +316,80 @@ def test_the_last_admin_row_is_kept(
         assert error.detail(PreconditionFailure).violations[0].type == "LAST_ADMIN"
 
 
+@contextmanager
+def held_before_commit(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """Holds a write in flight after its checks and its changes, before its commit: its
+    audit insert (the call's last statement) waits for this SHARE lock on audit_events until
+    the block ends. A second call can then be proven to wait on the first's row locks."""
+    with psycopg.connect(database_url) as holder:
+        holder.execute("LOCK TABLE audit_events IN SHARE MODE")
+        yield holder
+        holder.rollback()
+
+
 def test_concurrent_demotions_of_the_last_two_admins_leave_one(
-    admin: Client, users: Users, db: psycopg.Connection[Any]
+    admin: Client, users: Users, db: psycopg.Connection[Any], database_url: str
 ) -> None:
-    for attempt in range(3):
-        name = f"pair-{attempt}"
-        team = Org(users, name)
-        team.owner.members.UpdateMemberRole(
-            mpb.UpdateMemberRoleRequest(
-                org=name, user_id=team.developer.user_id, role=mpb.ROLE_ADMIN
-            )
-        )
-        db.execute("DELETE FROM organization_members WHERE user_id = %s", [team.owner.user_id])
-        pair = (team.admin.user_id, team.developer.user_id)
-        demote = [
-            mpb.UpdateMemberRoleRequest(org=name, user_id=user_id, role=mpb.ROLE_VIEWER)
-            for user_id in pair
-        ]
-        with ThreadPoolExecutor(2) as pool:
-            futures = [pool.submit(admin.members.UpdateMemberRole, request) for request in demote]
-        codes = sorted(_code(f) for f in futures)
-        assert codes == ["FAILED_PRECONDITION", "OK"]
-        admins = db.execute(
-            "SELECT count(*) FROM organization_members m JOIN organizations o ON o.id = m.org_id"
-            " WHERE o.name = %s AND m.role = 'admin'",
-            [name],
-        ).fetchone()
-        assert admins == (1,)
+    team = Org(users, "pair")
+    team.owner.members.UpdateMemberRole(
+        mpb.UpdateMemberRoleRequest(org="pair", user_id=team.developer.user_id, role=mpb.ROLE_ADMIN)
+    )
+    db.execute("DELETE FROM organization_members WHERE user_id = %s", [team.owner.user_id])
+
+    def demote(user_id: str) -> Callable[[], Any]:
+        request = mpb.UpdateMemberRoleRequest(org="pair", user_id=user_id, role=mpb.ROLE_VIEWER)
+        return lambda: admin.members.UpdateMemberRole(request)
+
+    with ThreadPoolExecutor(2) as pool, held_before_commit(database_url):
+        first = pool.submit(code_of, demote(team.admin.user_id))
+        # The first has checked that another admin is left and demoted its target.
+        first_pid = harness.wait_for_lock_waiter(db, relation="audit_events")
+        second = pool.submit(code_of, demote(team.developer.user_id))
+        # The second waits for a row lock the first took: they overlap, provably.
+        harness.wait_for_lock_waiter(db, blocked_by=first_pid)
+        assert not first.done() and not second.done()
+    # The first commits; the second then sees one admin left: the one it would demote.
+    assert (first.result(timeout=30), second.result(timeout=30)) == ("OK", "FAILED_PRECONDITION")
+    admins = db.execute(
+        "SELECT count(*) FROM organization_members m JOIN organizations o ON o.id = m.org_id"
+        " WHERE o.name = 'pair' AND m.role = 'admin'"
+    ).fetchone()
+    assert admins == (1,)
 
 
 def test_admins_demoting_each_other_at_once_cannot_both_win(
-    users: Users, db: psycopg.Connection[Any]
+    users: Users, db: psycopg.Connection[Any], database_url: str
 ) -> None:
     team = Org(users, "duel")
     team.owner.members.UpdateMemberRole(
         mpb.UpdateMemberRoleRequest(org="duel", user_id=team.developer.user_id, role=mpb.ROLE_ADMIN)
     )
-    requests = [
-        (team.admin, team.developer.user_id),
-        (team.developer, team.admin.user_id),
-    ]
-    with ThreadPoolExecutor(2) as pool:
-        futures = [
-            pool.submit(
-                caller.members.UpdateMemberRole,
-                mpb.UpdateMemberRoleRequest(org="duel", user_id=target, role=mpb.ROLE_VIEWER),
-            )
-            for caller, target in requests
-        ]
-    codes = sorted(_code(f) for f in futures)
-    assert codes == ["OK", "PERMISSION_DENIED"]
+
+    def demote(caller: Client, target: Client) -> Callable[[], Any]:
+        request = mpb.UpdateMemberRoleRequest(
+            org="duel", user_id=target.user_id, role=mpb.ROLE_VIEWER
+        )
+        return lambda: caller.members.UpdateMemberRole(request)
+
+    with ThreadPoolExecutor(2) as pool, held_before_commit(database_url):
+        first = pool.submit(code_of, demote(team.admin, team.developer))
+        first_pid = harness.wait_for_lock_waiter(db, relation="audit_events")
+        # The developer-admin's own call waits to read its membership, which the first holds.
+        second = pool.submit(code_of, demote(team.developer, team.admin))
+        harness.wait_for_lock_waiter(db, blocked_by=first_pid)
+        assert not first.done() and not second.done()
+    # Once the first commits, the second's caller is no longer an admin.
+    assert (first.result(timeout=30), second.result(timeout=30)) == ("OK", "PERMISSION_DENIED")
     roles = team.roles()
-    assert sorted([roles[team.admin.user_id], roles[team.developer.user_id]]) == [
+    assert (roles[team.admin.user_id], roles[team.developer.user_id]) == (
         mpb.ROLE_ADMIN,
         mpb.ROLE_VIEWER,
-    ]
+    )
 
 
-def _code(future: Any) -> str:
+def code_of(call: Callable[[], Any]) -> str:
     try:
-        future.result()
+        call()
     except grpc.RpcError as exc:
         return str(exc.code().name)
     return "OK"
