@@ -133,6 +133,17 @@ def normalize_email(value: str) -> str:
     return checked.normalized
 
 
+def mail_address(stored: str) -> str:
+    """The form of a stored address to put on the wire to an SMTP server: its domain in
+    IDNA (ASCII) when the address allows it, so a server without SMTPUTF8 takes it. An
+    address stored before the email rule, which the rule would refuse, is used as it is."""
+    try:
+        checked = validate_email(stored, check_deliverability=False)
+    except EmailNotValidError:
+        return stored
+    return checked.ascii_email or checked.normalized
+
+
 def required_uuid(field: str, value: str, *, what: str = "a UUID") -> uuid.UUID:
     """The id in ``value``; INVALID_ARGUMENT on ``field`` when it is empty or not a UUID."""
     parsed = parse_uuid(value)

@@ -9,6 +9,7 @@ as a digest, and only once its email went out.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import email
 import email.policy
@@ -593,6 +594,21 @@ def due_email() -> DueEmail:
         inviter_name=None,
         inviter_email=None,
     )
+
+
+@pytest.mark.parametrize(
+    ("stored", "to"),
+    [
+        pytest.param("ana@münchen.de", "ana@xn--mnchen-3ya.de", id="idn-domain-in-ascii"),
+        pytest.param("Ada@example.com", "Ada@example.com", id="ascii-as-stored"),
+        pytest.param("admin@spoke.localhost", "admin@spoke.localhost", id="stored-before-the-rule"),
+    ],
+)
+def test_the_email_goes_to_the_address_in_a_form_any_smtp_server_takes(
+    stored: str, to: str
+) -> None:
+    due = dataclasses.replace(due_email(), email=stored)
+    assert compose(due, "spoke_inv_x", Settings())["To"] == to
 
 
 @pytest.mark.parametrize(
