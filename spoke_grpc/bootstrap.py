@@ -23,7 +23,8 @@ from spoke_grpc.database import connect
 from spoke_grpc.domain.users import NewUser, create_user
 from spoke_grpc.store import users
 
-BOOTSTRAP_EMAIL = "admin@spoke.localhost"
+# Under ``.example`` (RFC 2606): a valid address that no mail can ever reach.
+BOOTSTRAP_EMAIL = "admin@spoke.example"
 _LOCK_KEY = 0x5370_6B65  # "Spke"
 _OTHERWISE = (
     "or create an admin with 'spoke-grpc users create --email EMAIL --admin' (no admin was created)"

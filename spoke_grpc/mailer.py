@@ -28,6 +28,7 @@ from spoke_grpc.config import Settings, SmtpServer, parse_smtp_url
 from spoke_grpc.database import connect, is_unavailable
 from spoke_grpc.store import outbox
 from spoke_grpc.store.outbox import DueEmail
+from spoke_grpc.validation import mail_address
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def compose(due: DueEmail, token: str, settings: Settings) -> EmailMessage:
     address, tls = settings.public_target
     plaintext = "" if tls else "-plaintext "
     message = EmailMessage()
-    message["To"] = due.email
+    message["To"] = mail_address(due.email)
     message["From"] = settings.email_from
     message["Subject"] = f"Invitation to join {org} on Spoke"
     message.set_content(

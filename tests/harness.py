@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -225,6 +226,52 @@ def database_text(db: psycopg.Connection[Any]) -> str:
         query = sql.SQL("SELECT t::text FROM {} t").format(sql.Identifier(table))
         parts.extend(row[0] for row in db.execute(query).fetchall())
     return "\n".join(parts)
+
+
+def lock_waiters(
+    db: psycopg.Connection[Any], *, blocked_by: int | None = None, relation: str | None = None
+) -> list[int]:
+    """Backends of this database waiting for a lock: one that ``blocked_by`` (a backend pid)
+    holds, and/or one on table ``relation``."""
+    conditions = [
+        sql.SQL("a.datname = current_database()"),
+        sql.SQL("a.wait_event_type = 'Lock'"),
+    ]
+    params: list[Any] = []
+    if blocked_by is not None:
+        conditions.append(sql.SQL("%s = ANY (pg_blocking_pids(a.pid))"))
+        params.append(blocked_by)
+    if relation is not None:
+        conditions.append(
+            sql.SQL(
+                "EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted"
+                " AND l.relation = %s::regclass)"
+            )
+        )
+        params.append(relation)
+    query = sql.SQL("SELECT a.pid FROM pg_stat_activity a WHERE {} ORDER BY a.pid").format(
+        sql.SQL(" AND ").join(conditions)
+    )
+    return [pid for (pid,) in db.execute(query, params).fetchall()]
+
+
+def wait_for_lock_waiter(
+    db: psycopg.Connection[Any],
+    *,
+    blocked_by: int | None = None,
+    relation: str | None = None,
+    timeout: float = 15,
+) -> int:
+    """The pid of the one backend waiting as ``lock_waiters`` describes, once there is one:
+    proof that a call in flight reached that lock (the pg_locks waiter technique)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        waiters = lock_waiters(db, blocked_by=blocked_by, relation=relation)
+        if waiters:
+            assert len(waiters) == 1, f"several backends wait: {waiters}"
+            return waiters[0]
+        assert time.monotonic() < deadline, f"no backend came to wait ({blocked_by=}, {relation=})"
+        time.sleep(0.01)  # polling the database's own record of the wait, not a guess
 
 
 @contextmanager

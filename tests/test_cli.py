@@ -164,6 +164,8 @@ def test_users_create_duplicate_email_any_case_is_a_one_line_error(
         pytest.param("not-an-email", id="no-at-sign"),
         pytest.param("two@@example.com", id="double-at"),
         pytest.param("space in@example.com", id="space"),
+        pytest.param("a,b@example.com", id="list"),
+        pytest.param('"A" <a@example.com>', id="display-name"),
         pytest.param("", id="empty"),
     ],
 )

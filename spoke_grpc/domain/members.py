@@ -7,6 +7,10 @@
   the last two admins cannot both pass: the second waits, then sees one admin left.
 - A role change or removal locks the member's row ``FOR UPDATE``: it waits for that
   member's writes in flight (they hold the row ``FOR KEY SHARE``).
+- Accounts cannot be found through membership calls: only a platform admin adds an
+  existing user directly (by id or email); an org admin's AddMember takes an email and
+  invites it, answering the same whether or not an account has that address, and a user
+  id from an org admin is refused without being looked up.
 - Invitation tokens are returned once; only their SHA-256 is stored. Accepting needs the
   invited email (any case), creates the membership and closes the invitation together.
 """
@@ -43,6 +47,14 @@ class CreatedInvitation:
     token: tokens.IssuedToken
 
 
+@dataclass(frozen=True)
+class AddedMember:
+    """What AddMember did: added a member (platform admins) or invited the address."""
+
+    member: MemberRow | None = None
+    invitation: CreatedInvitation | None = None
+
+
 def _user_id(field: str, value: str) -> uuid.UUID:
     return required_uuid(field, value, what="a user id (UUID)")
 
@@ -61,20 +73,45 @@ async def add_member(
     user_ref: str,
     role: Role,
     *,
+    ttl: dt.timedelta,
     principal: Principal,
     method: str,
-) -> MemberRow:
-    """Adds an existing user (by id or email) with ``role``."""
+) -> AddedMember:
+    """A platform admin adds an existing user (by id or email) at once. Anyone else (an org
+    admin) adds by email only, and that invites the address: the answer is the same
+    whether or not an account has it, so AddMember cannot be used to find accounts, and
+    nobody becomes a member of an org without accepting."""
     if not user_ref:
-        raise InvalidArgument.field("user", "required: the user's id or email")
-    user = await users.find_user(conn, parse_uuid(user_ref) or user_ref)
+        raise InvalidArgument.field(
+            "user", "required: the user's email (or id, for platform admins)"
+        )
+    user_id = parse_uuid(user_ref)
+    if not principal.is_admin:
+        if user_id is not None:
+            # Never looked up: the answer is the same for any id, existing or not.
+            raise PermissionDenied(
+                "adding a member by user id is for platform admins; add them by email"
+                " (they get an invitation to accept), or call CreateInvitation"
+            )
+        invited = await create_invitation(
+            conn, org, user_ref, role, ttl=ttl, principal=principal, method=method, field="user"
+        )
+        return AddedMember(invitation=invited)
+    ref: uuid.UUID | str
+    if user_id is None:
+        violations = Violations()
+        ref = violations.email("user", user_ref)
+        violations.raise_if_any()
+    else:
+        ref = user_id
+    user = await users.find_user(conn, ref)
     if user is None:
         raise NotFound("user", user_ref)
     await members.insert_member(
         conn, org_id=org.id, user_id=user.id, role=role, invited_by=principal.user_id
     )
     await _audit(conn, method, principal, org, f"members/{user.id}:{role.value}")
-    return await _member(conn, org, user.id)
+    return AddedMember(member=await _member(conn, org, user.id))
 
 
 async def update_member_role(
@@ -167,13 +204,15 @@ async def create_invitation(
     ttl: dt.timedelta,
     principal: Principal,
     method: str,
+    field: str = "email",
 ) -> CreatedInvitation:
-    email = email.strip()
+    """A pending invitation for ``email`` (read from the request's ``field``)."""
     violations = Violations()
-    violations.email("email", email)
+    email = violations.email(field, email)
     violations.raise_if_any()
-    existing = await users.find_user(conn, email)
-    if existing is not None and await members.get_member(conn, org.id, existing.id) is not None:
+    # Members are visible to the org's admins anyway; whether a non-member has an
+    # account is not told (the invitation is the same either way).
+    if await members.is_member_email(conn, org.id, email):
         raise AlreadyExists("member", email)
     token = tokens.issue(tokens.INVITATION_TOKEN_PREFIX)
     invitation = await members.insert_invitation(

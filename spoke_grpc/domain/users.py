@@ -33,9 +33,8 @@ async def create_user(
     conn: AsyncConnection, new: NewUser, *, actor_id: uuid.UUID | None, method: str
 ) -> CreatedUser:
     """Creates the user with a first API token; ALREADY_EXISTS for a taken email."""
-    email = new.email.strip()
     violations = Violations()
-    violations.email("email", email)
+    email = violations.email("email", new.email)
     violations.text("display_name", new.display_name, max_length=MAX_DISPLAY_NAME)
     violations.raise_if_any()
     display_name = new.display_name.strip() or email.split("@", 1)[0]

@@ -14,7 +14,7 @@ from spoke_grpc.domain import members as domain
 from spoke_grpc.servicers.convert import ROLE_TO_PROTO, role_from_proto, timestamp
 from spoke_grpc.store import members as store
 from spoke_grpc.store.members import InvitationRow, MemberRow
-from spoke_grpc.types import Role
+from spoke_grpc.types import OrgContext, Principal, Role
 
 _STATE_TO_PROTO = {
     "pending": member_pb2.INVITATION_STATE_PENDING,
@@ -37,10 +37,17 @@ def member_to_proto(row: MemberRow) -> member_pb2.Member:
     )
 
 
-def invitation_to_proto(row: InvitationRow) -> member_pb2.Invitation:
+def sees_invitee_emails(principal: Principal, org: OrgContext) -> bool:
+    """Who is shown an invitation's email (SPEC §3, personal data): the org's admins, who
+    invite and revoke, and platform admins. Other members see the invitation without it:
+    the invitee is nobody's co-member yet."""
+    return principal.is_admin or org.role is Role.ADMIN
+
+
+def invitation_to_proto(row: InvitationRow, *, show_email: bool) -> member_pb2.Invitation:
     return member_pb2.Invitation(
         id=str(row.id),
-        email=row.email,
+        email=row.email if show_email else "",
         role=ROLE_TO_PROTO[Role(row.role)],
         state=_STATE_TO_PROTO[row.state],
         invited_by=str(row.invited_by or ""),
@@ -72,15 +79,24 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         self, request: member_pb2.AddMemberRequest, context: aio.ServicerContext
     ) -> member_pb2.AddMemberResponse:
         call = current_call()
-        member = await domain.add_member(
+        added = await domain.add_member(
             await call.connection(),
             call.require_org(),
             request.user,
             role_from_proto("role", request.role),
+            ttl=dt.timedelta(hours=self._app.settings.invitation_ttl_hours),
             principal=call.require_principal(),
             method=call.policy.method,
         )
-        return member_pb2.AddMemberResponse(member=member_to_proto(member))
+        if added.invitation is not None:
+            show_email = sees_invitee_emails(call.require_principal(), call.require_org())
+            return member_pb2.AddMemberResponse(
+                invitation=invitation_to_proto(added.invitation.invitation, show_email=show_email),
+                token=added.invitation.token.value,
+            )
+        return member_pb2.AddMemberResponse(
+            member=member_to_proto(added.member) if added.member else None
+        )
 
     async def UpdateMemberRole(
         self, request: member_pb2.UpdateMemberRoleRequest, context: aio.ServicerContext
@@ -123,7 +139,11 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
             method=call.policy.method,
         )
         return member_pb2.CreateInvitationResponse(
-            invitation=invitation_to_proto(created.invitation), token=created.token.value
+            invitation=invitation_to_proto(
+                created.invitation,
+                show_email=sees_invitee_emails(call.require_principal(), call.require_org()),
+            ),
+            token=created.token.value,
         )
 
     async def ListInvitations(
@@ -136,8 +156,9 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
             "invitations", org.id, request.page_size, request.page_token, _INVITATION_KEY
         )
         rows = await store.list_invitations(await call.connection(), org.id, page)
+        show_email = sees_invitee_emails(call.require_principal(), org)
         return member_pb2.ListInvitationsResponse(
-            invitations=[invitation_to_proto(r) for r in rows[: page.size]],
+            invitations=[invitation_to_proto(r, show_email=show_email) for r in rows[: page.size]],
             next_page_token=pages.next_token(
                 "invitations", org.id, rows, page, lambda r: [r.created_at, r.id]
             ),
@@ -154,7 +175,10 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
             principal=call.require_principal(),
             method=call.policy.method,
         )
-        return member_pb2.RevokeInvitationResponse(invitation=invitation_to_proto(invitation))
+        show_email = sees_invitee_emails(call.require_principal(), call.require_org())
+        return member_pb2.RevokeInvitationResponse(
+            invitation=invitation_to_proto(invitation, show_email=show_email)
+        )
 
     async def AcceptInvitation(
         self, request: member_pb2.AcceptInvitationRequest, context: aio.ServicerContext

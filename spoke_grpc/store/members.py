@@ -86,6 +86,18 @@ async def get_member(
         return await cur.fetchone()
 
 
+async def is_member_email(conn: AsyncConnection, org_id: uuid.UUID, email: str) -> bool:
+    """Whether a member of the org has this email (any case): one statement, whether or
+    not an account has it, so the answer's timing says no more than the answer."""
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM organization_members m JOIN users u ON u.id = m.user_id"
+        " WHERE m.org_id = %s AND lower(u.email) = lower(%s))",
+        [org_id, email],
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
 async def lock_admins(conn: AsyncConnection, org_id: uuid.UUID) -> list[uuid.UUID]:
     """The org's admins, locked FOR UPDATE in a stable order: the last-admin rule's guard."""
     cur = await conn.execute(

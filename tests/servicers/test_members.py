@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -63,25 +65,139 @@ def accept(client: Client, token: str) -> Any:
 # --- members -----------------------------------------------------------------------------
 
 
-def test_add_member_by_id_or_email_keeps_who_added_and_when(
-    team: Org, users: Users, db: psycopg.Connection[Any]
+def test_a_platform_admin_adds_by_id_or_email_and_keeps_who_added_and_when(
+    team: Org, users: Users, admin: Client, db: psycopg.Connection[Any]
 ) -> None:
     by_id, by_email = users.create("carol"), users.create("dave")
-    added = team.admin.members.AddMember(
+    added = admin.members.AddMember(
         mpb.AddMemberRequest(org=team.name, user=by_id.user_id, role=mpb.ROLE_VIEWER)
     ).member
     assert (added.user_id, added.email, added.role) == (by_id.user_id, by_id.email, mpb.ROLE_VIEWER)
-    assert added.invited_by == team.admin.user_id
+    assert added.invited_by == admin.user_id
     assert added.join_time.seconds > 0
-    by_mail = team.admin.members.AddMember(
+    response = admin.members.AddMember(
         mpb.AddMemberRequest(org=team.name, user=by_email.email.upper(), role=mpb.ROLE_DEVELOPER)
-    ).member
-    assert by_mail.user_id == by_email.user_id
+    )
+    assert response.member.user_id == by_email.user_id
+    assert not response.HasField("invitation") and response.token == ""
     listed = team.viewer.members.ListMembers(mpb.ListMembersRequest(org=team.name)).members
     assert [m.user_id for m in listed][-2:] == [by_id.user_id, by_email.user_id]
     assert db.execute(
         "SELECT count(*) FROM audit_events WHERE method LIKE %s AND outcome = 'OK'", ["%AddMember"]
     ).fetchone() == (5,)  # the three of the fixture and these two
+
+
+def _invitation_shape(response: Any) -> tuple[Any, ...]:
+    """What an AddMember answer tells, less what differs between any two calls."""
+    invitation = response.invitation
+    return (
+        response.HasField("member"),
+        response.HasField("invitation"),
+        response.token.startswith("spkinv_"),
+        invitation.role,
+        invitation.state,
+        invitation.invited_by,
+        invitation.expire_time.seconds - invitation.create_time.seconds,
+    )
+
+
+def test_an_org_admin_adding_by_email_invites_whether_or_not_the_account_exists(
+    team: Org, users: Users, db: psycopg.Connection[Any]
+) -> None:
+    known = users.create("known")
+    answers = {
+        email: team.admin.members.AddMember(
+            mpb.AddMemberRequest(org=team.name, user=email, role=mpb.ROLE_DEVELOPER)
+        )
+        for email in (known.email, "nobody@example.com")
+    }
+    # The same answer either way: an invitation, no member; nothing tells which has an account.
+    shapes = {_invitation_shape(a) for a in answers.values()}
+    assert shapes == {
+        (
+            False,
+            True,
+            True,
+            mpb.ROLE_DEVELOPER,
+            mpb.INVITATION_STATE_PENDING,
+            team.admin.user_id,
+            7 * 86400,
+        )
+    }
+    assert {a.invitation.email for a in answers.values()} == {known.email, "nobody@example.com"}
+    assert known.user_id not in team.roles()  # nobody joins without accepting
+    assert db.execute("SELECT count(*) FROM email_outbox").fetchone() == (2,)
+    # The invitee accepts and joins with the role asked for.
+    member = accept(known, answers[known.email].token).member
+    assert (member.user_id, member.role, member.invited_by) == (
+        known.user_id,
+        mpb.ROLE_DEVELOPER,
+        team.admin.user_id,
+    )
+    targets = db.execute(
+        "SELECT target FROM audit_events WHERE method LIKE %s AND outcome = 'OK' ORDER BY id",
+        ["%AddMember"],
+    ).fetchall()
+    assert [t for (t,) in targets][-2:] == [
+        f"organizations/team/invitations/{a.invitation.id}:developer" for a in answers.values()
+    ]
+
+
+def test_an_org_admin_cannot_add_by_user_id_and_learns_nothing_of_the_id(
+    team: Org, users: Users
+) -> None:
+    existing = users.create("existing")
+    errors = [
+        failure(
+            lambda ref=ref: team.owner.members.AddMember(
+                mpb.AddMemberRequest(org=team.name, user=ref, role=mpb.ROLE_VIEWER)
+            )
+        )
+        for ref in (
+            existing.user_id,
+            "0b9d7a58-0b87-4b8e-9d1e-3f0c1c2a4b5d",
+            existing.user_id.upper(),
+        )
+    ]
+    assert {e.code for e in errors} == {grpc.StatusCode.PERMISSION_DENIED}
+    assert len({(e.message, e.status.SerializeToString()) for e in errors}) == 1
+    assert "platform admins" in errors[0].message and "email" in errors[0].message
+    assert existing.user_id not in team.roles()
+
+
+@pytest.mark.parametrize("who", ["anonymous", "stranger", "other-org-admin", "viewer"])
+def test_callers_who_may_not_add_learn_nothing_of_accounts(
+    team: Org, users: Users, anonymous: Client, who: str
+) -> None:
+    existing = users.create("existing")
+    if who == "other-org-admin":
+        other = Org(users, "other-team")
+        client = other.admin
+    else:
+        client = {"anonymous": anonymous, "stranger": users.create("s"), "viewer": team.viewer}[who]
+    refs = (
+        existing.email,
+        "nobody@example.com",
+        existing.user_id,
+        "0b9d7a58-0b87-4b8e-9d1e-3f0c1c2a4b5d",
+    )
+    errors = [
+        failure(
+            lambda ref=ref: client.members.AddMember(
+                mpb.AddMemberRequest(org=team.name, user=ref, role=mpb.ROLE_VIEWER)
+            )
+        )
+        for ref in refs
+    ]
+    expected = {
+        "anonymous": grpc.StatusCode.UNAUTHENTICATED,
+        "stranger": grpc.StatusCode.NOT_FOUND,
+        "other-org-admin": grpc.StatusCode.NOT_FOUND,
+        "viewer": grpc.StatusCode.PERMISSION_DENIED,
+    }[who]
+    assert {e.code for e in errors} == {expected}
+    assert len({(e.message, e.status.SerializeToString()) for e in errors}) == 1
+    assert existing.email not in errors[0].message
 
 
 @pytest.mark.parametrize(
@@ -103,6 +219,9 @@ def test_add_member_by_id_or_email_keeps_who_added_and_when(
             id="unknown-id",
         ),
         pytest.param(
+            "not-an-email", mpb.ROLE_VIEWER, grpc.StatusCode.INVALID_ARGUMENT, "user", id="bad"
+        ),
+        pytest.param(
             "x@example.com",
             mpb.ROLE_UNSPECIFIED,
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -114,13 +233,12 @@ def test_add_member_by_id_or_email_keeps_who_added_and_when(
         ),
     ],
 )
-def test_add_member_refuses_bad_requests(
-    team: Org, user: str, role: int, code: grpc.StatusCode, field: str | None
+def test_a_platform_admins_add_member_refuses_bad_requests(
+    team: Org, admin: Client, user: str, role: int, code: grpc.StatusCode, field: str | None
 ) -> None:
+    # A platform admin may see every account: an unknown one is NOT_FOUND for them.
     error = failure(
-        lambda: team.admin.members.AddMember(
-            mpb.AddMemberRequest(org=team.name, user=user, role=role)
-        )
+        lambda: admin.members.AddMember(mpb.AddMemberRequest(org=team.name, user=user, role=role))
     )
     assert error.code is code
     if field:
@@ -198,66 +316,80 @@ def test_the_last_admin_row_is_kept(
         assert error.detail(PreconditionFailure).violations[0].type == "LAST_ADMIN"
 
 
+@contextmanager
+def held_before_commit(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """Holds a write in flight after its checks and its changes, before its commit: its
+    audit insert (the call's last statement) waits for this SHARE lock on audit_events until
+    the block ends. A second call can then be proven to wait on the first's row locks."""
+    with psycopg.connect(database_url) as holder:
+        holder.execute("LOCK TABLE audit_events IN SHARE MODE")
+        yield holder
+        holder.rollback()
+
+
 def test_concurrent_demotions_of_the_last_two_admins_leave_one(
-    admin: Client, users: Users, db: psycopg.Connection[Any]
+    admin: Client, users: Users, db: psycopg.Connection[Any], database_url: str
 ) -> None:
-    for attempt in range(3):
-        name = f"pair-{attempt}"
-        team = Org(users, name)
-        team.owner.members.UpdateMemberRole(
-            mpb.UpdateMemberRoleRequest(
-                org=name, user_id=team.developer.user_id, role=mpb.ROLE_ADMIN
-            )
-        )
-        db.execute("DELETE FROM organization_members WHERE user_id = %s", [team.owner.user_id])
-        pair = (team.admin.user_id, team.developer.user_id)
-        demote = [
-            mpb.UpdateMemberRoleRequest(org=name, user_id=user_id, role=mpb.ROLE_VIEWER)
-            for user_id in pair
-        ]
-        with ThreadPoolExecutor(2) as pool:
-            futures = [pool.submit(admin.members.UpdateMemberRole, request) for request in demote]
-        codes = sorted(_code(f) for f in futures)
-        assert codes == ["FAILED_PRECONDITION", "OK"]
-        admins = db.execute(
-            "SELECT count(*) FROM organization_members m JOIN organizations o ON o.id = m.org_id"
-            " WHERE o.name = %s AND m.role = 'admin'",
-            [name],
-        ).fetchone()
-        assert admins == (1,)
+    team = Org(users, "pair")
+    team.owner.members.UpdateMemberRole(
+        mpb.UpdateMemberRoleRequest(org="pair", user_id=team.developer.user_id, role=mpb.ROLE_ADMIN)
+    )
+    db.execute("DELETE FROM organization_members WHERE user_id = %s", [team.owner.user_id])
+
+    def demote(user_id: str) -> Callable[[], Any]:
+        request = mpb.UpdateMemberRoleRequest(org="pair", user_id=user_id, role=mpb.ROLE_VIEWER)
+        return lambda: admin.members.UpdateMemberRole(request)
+
+    with ThreadPoolExecutor(2) as pool, held_before_commit(database_url):
+        first = pool.submit(code_of, demote(team.admin.user_id))
+        # The first has checked that another admin is left and demoted its target.
+        first_pid = harness.wait_for_lock_waiter(db, relation="audit_events")
+        second = pool.submit(code_of, demote(team.developer.user_id))
+        # The second waits for a row lock the first took: they overlap, provably.
+        harness.wait_for_lock_waiter(db, blocked_by=first_pid)
+        assert not first.done() and not second.done()
+    # The first commits; the second then sees one admin left: the one it would demote.
+    assert (first.result(timeout=30), second.result(timeout=30)) == ("OK", "FAILED_PRECONDITION")
+    admins = db.execute(
+        "SELECT count(*) FROM organization_members m JOIN organizations o ON o.id = m.org_id"
+        " WHERE o.name = 'pair' AND m.role = 'admin'"
+    ).fetchone()
+    assert admins == (1,)
 
 
 def test_admins_demoting_each_other_at_once_cannot_both_win(
-    users: Users, db: psycopg.Connection[Any]
+    users: Users, db: psycopg.Connection[Any], database_url: str
 ) -> None:
     team = Org(users, "duel")
     team.owner.members.UpdateMemberRole(
         mpb.UpdateMemberRoleRequest(org="duel", user_id=team.developer.user_id, role=mpb.ROLE_ADMIN)
     )
-    requests = [
-        (team.admin, team.developer.user_id),
-        (team.developer, team.admin.user_id),
-    ]
-    with ThreadPoolExecutor(2) as pool:
-        futures = [
-            pool.submit(
-                caller.members.UpdateMemberRole,
-                mpb.UpdateMemberRoleRequest(org="duel", user_id=target, role=mpb.ROLE_VIEWER),
-            )
-            for caller, target in requests
-        ]
-    codes = sorted(_code(f) for f in futures)
-    assert codes == ["OK", "PERMISSION_DENIED"]
+
+    def demote(caller: Client, target: Client) -> Callable[[], Any]:
+        request = mpb.UpdateMemberRoleRequest(
+            org="duel", user_id=target.user_id, role=mpb.ROLE_VIEWER
+        )
+        return lambda: caller.members.UpdateMemberRole(request)
+
+    with ThreadPoolExecutor(2) as pool, held_before_commit(database_url):
+        first = pool.submit(code_of, demote(team.admin, team.developer))
+        first_pid = harness.wait_for_lock_waiter(db, relation="audit_events")
+        # The developer-admin's own call waits to read its membership, which the first holds.
+        second = pool.submit(code_of, demote(team.developer, team.admin))
+        harness.wait_for_lock_waiter(db, blocked_by=first_pid)
+        assert not first.done() and not second.done()
+    # Once the first commits, the second's caller is no longer an admin.
+    assert (first.result(timeout=30), second.result(timeout=30)) == ("OK", "PERMISSION_DENIED")
     roles = team.roles()
-    assert sorted([roles[team.admin.user_id], roles[team.developer.user_id]]) == [
+    assert (roles[team.admin.user_id], roles[team.developer.user_id]) == (
         mpb.ROLE_ADMIN,
         mpb.ROLE_VIEWER,
-    ]
+    )
 
 
-def _code(future: Any) -> str:
+def code_of(call: Callable[[], Any]) -> str:
     try:
-        future.result()
+        call()
     except grpc.RpcError as exc:
         return str(exc.code().name)
     return "OK"
@@ -307,7 +439,7 @@ def matrix_request(team: Org, method: str, victim: Client) -> Any:
     return {
         "ListMembers": mpb.ListMembersRequest(org=org),
         "ListInvitations": mpb.ListInvitationsRequest(org=org),
-        "AddMember": mpb.AddMemberRequest(org=org, user=victim.user_id, role=mpb.ROLE_VIEWER),
+        "AddMember": mpb.AddMemberRequest(org=org, user=victim.email, role=mpb.ROLE_VIEWER),
         "UpdateMemberRole": mpb.UpdateMemberRoleRequest(
             org=org, user_id=victim.user_id, role=mpb.ROLE_VIEWER
         ),
@@ -370,8 +502,9 @@ def test_invitation_token_is_shown_once_and_stored_nowhere(
     assert created.invitation.invited_by == team.admin.user_id
     week = created.invitation.expire_time.seconds - created.invitation.create_time.seconds
     assert week == 7 * 24 * 3600
-    listing = team.viewer.members.ListInvitations(mpb.ListInvitationsRequest(org=team.name))
-    assert [i.email for i in listing.invitations] == ["Erin@Example.com"]
+    assert created.invitation.email == "Erin@example.com"  # normalised: the domain's case
+    listing = team.admin.members.ListInvitations(mpb.ListInvitationsRequest(org=team.name))
+    assert [i.email for i in listing.invitations] == ["Erin@example.com"]
     assert "token" not in mpb.Invitation.DESCRIPTOR.fields_by_name
     assert token[len("spkinv_") :].encode() not in listing.SerializeToString()
     everything = harness.database_text(db)
@@ -529,6 +662,99 @@ def test_create_invitation_validates(team: Org, email: str, role: int, field: st
     error = failure(lambda: invite(team.admin, team.name, email, role))
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
     assert set(error.field_violations) == {field}
+
+
+# Addresses that name other or more recipients than one accepted address would.
+NOT_ONE_ADDRESS = [
+    pytest.param("a,b@corp.example.com", id="comma-list"),
+    pytest.param("a;b@corp.example.com", id="semicolon-list"),
+    pytest.param("a@corp.example.com,b@corp.example.com", id="two-addresses"),
+    pytest.param('"A" <a@corp.example.com>', id="display-name"),
+    pytest.param("<a@corp.example.com>", id="angle-brackets"),
+    pytest.param('"a b"@corp.example.com', id="quoted-local-part"),
+    pytest.param("a b@corp.example.com", id="space"),
+    pytest.param(" a@corp.example.com", id="leading-space"),
+    pytest.param("a@corp.example.com\n", id="newline"),
+    pytest.param("a\x00@corp.example.com", id="nul"),
+    pytest.param("a@[192.0.2.1]", id="ip-literal"),
+    pytest.param("a@localhost", id="localhost"),
+    pytest.param("a@corp.test", id="special-use-test"),
+    pytest.param("(c)a@corp.example.com", id="comment"),
+    pytest.param("a@@corp.example.com", id="two-at-signs"),
+    pytest.param("x" * 250 + "@corp.example.com", id="too-long"),
+]
+
+
+@pytest.mark.parametrize("address", NOT_ONE_ADDRESS)
+@pytest.mark.parametrize("how", ["CreateInvitation", "AddMember-org-admin", "AddMember-platform"])
+def test_an_address_that_is_not_exactly_one_recipient_is_refused(
+    team: Org, admin: Client, db: psycopg.Connection[Any], address: str, how: str
+) -> None:
+    if how == "CreateInvitation":
+        call, field = (lambda: invite(team.admin, team.name, address)), "email"
+    else:
+        client = admin if how == "AddMember-platform" else team.admin
+        request = mpb.AddMemberRequest(org=team.name, user=address, role=mpb.ROLE_VIEWER)
+        call, field = (lambda: client.members.AddMember(request)), "user"
+    error = failure(call)
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert set(error.field_violations) == {field}
+    assert db.execute("SELECT count(*) FROM org_invitations").fetchone() == (0,)
+
+
+def test_an_accepted_address_is_stored_normalised_and_matched_in_any_case(
+    team: Org, users: Users
+) -> None:
+    created = invite(team.admin, team.name, "Zoe@Corp.EXAMPLE.com")
+    assert created.invitation.email == "Zoe@corp.example.com"
+    again = failure(lambda: invite(team.admin, team.name, "zoe@corp.example.com"))
+    assert again.code is grpc.StatusCode.ALREADY_EXISTS
+    # An internationalised domain is one address whether written in Unicode or IDNA.
+    idn = invite(team.admin, team.name, "ana@xn--mnchen-3ya.de")
+    assert idn.invitation.email == "ana@münchen.de"
+    twin = failure(lambda: invite(team.admin, team.name, "ana@MÜNCHEN.de"))
+    assert twin.code is grpc.StatusCode.ALREADY_EXISTS
+
+
+@pytest.mark.parametrize(
+    ("who", "sees"),
+    [
+        ("viewer", False),
+        ("developer", False),
+        ("admin", True),
+        ("owner", True),
+        ("platform", True),
+    ],
+)
+def test_only_admins_see_whom_an_org_invited(
+    team: Org, admin: Client, who: str, sees: bool
+) -> None:
+    created = invite(team.admin, team.name, "secret-hire@example.com")
+    client = admin if who == "platform" else getattr(team, who)
+    listed = client.members.ListInvitations(mpb.ListInvitationsRequest(org=team.name))
+    [invitation] = listed.invitations
+    assert invitation.id == created.invitation.id
+    assert invitation.email == ("secret-hire@example.com" if sees else "")
+    assert (b"secret-hire" in listed.SerializeToString()) is sees
+
+
+@pytest.mark.parametrize("who", ["anonymous", "stranger", "other-org-admin"])
+def test_outsiders_see_no_member_or_invitation(
+    team: Org, users: Users, anonymous: Client, who: str
+) -> None:
+    invite(team.admin, team.name, "secret-hire@example.com")
+    if who == "other-org-admin":
+        client = Org(users, "other-team").admin
+    else:
+        client = anonymous if who == "anonymous" else users.create("s")
+    expected = grpc.StatusCode.UNAUTHENTICATED if who == "anonymous" else grpc.StatusCode.NOT_FOUND
+    for call in (
+        lambda: client.members.ListMembers(mpb.ListMembersRequest(org=team.name)),
+        lambda: client.members.ListInvitations(mpb.ListInvitationsRequest(org=team.name)),
+    ):
+        error = failure(call)
+        assert error.code is expected
+        assert "example.com" not in error.message
 
 
 # --- ownership ----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from spoke.v1 import organization_pb2
 
 from spoke_grpc.domain import modules as domain
 from spoke_grpc.types import Role
+from tests import harness
 from tests.conftest import Users
 from tests.harness import Client, RpcFailure, all_pages, failure, failure_of
 from tests.test_fuzz import BAD_CODES, LEAK_MARKERS, NASTY_STRINGS
@@ -1508,14 +1509,15 @@ def test_a_delete_waits_for_a_push_in_flight_and_then_sees_its_edge(
     create_org(other, "globex")
     create_module(other, "globex", "app")
     app = push(other, "globex", "app", "1.0.0", SIMPLE)
-    with psycopg.connect(database_url) as push_in_flight:
+    with psycopg.connect(database_url) as push_in_flight, harness.connect(database_url) as db:
         # What CreateVersion does with a dependency: read its module FOR SHARE, then (after
         # compiling) write the edge, and commit.
         push_in_flight.execute("SELECT 1 FROM modules WHERE name = 'base' AND is_public FOR SHARE")
         with ThreadPoolExecutor(1) as pool:
             deleting = pool.submit(code_of, lambda: delete(acme, "acme", "base"))
-            time.sleep(0.5)
-            assert not deleting.done()  # waiting for the push
+            # The delete provably waits for the push's lock (pg_locks), not merely "not yet".
+            harness.wait_for_lock_waiter(db, blocked_by=push_in_flight.info.backend_pid)
+            assert not deleting.done()
             push_in_flight.execute(
                 "INSERT INTO version_dependencies (org_id, version_id, position, dep_org_id,"
                 " dep_module_id, dep_version_id, dep_org_name, dep_module_name, dep_version)"

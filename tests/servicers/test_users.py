@@ -66,7 +66,9 @@ def test_create_user_returns_a_working_token(admin: Client, db: psycopg.Connecti
     assert len(response.token) >= len("spoke_") + 43  # 32 random bytes, base64
     carol = Client(admin.channel, response.token)
     me = carol.users.GetCurrentUser(ME).user
-    assert (me.email, me.display_name, me.is_admin) == ("Carol@Example.com", "Carol", True)
+    # Stored normalised (the domain in lower case), as email-validator gives it.
+    assert response.user.email == "Carol@example.com"
+    assert (me.email, me.display_name, me.is_admin) == ("Carol@example.com", "Carol", True)
     # Only the hash is stored: the token is nowhere in the database, the hash is.
     everything = harness.database_text(db)
     assert response.token not in everything
@@ -96,6 +98,17 @@ def test_duplicate_email_is_already_exists_case_insensitively(admin: Client) -> 
         pytest.param("a@b", "", {"email"}, id="no-dot-in-domain"),
         pytest.param("a b@example.com", "", {"email"}, id="space"),
         pytest.param("x" * 250 + "@example.com", "", {"email"}, id="too-long"),
+        pytest.param("a,b@corp.example.com", "", {"email"}, id="comma-list"),
+        pytest.param("a;b@corp.example.com", "", {"email"}, id="semicolon-list"),
+        pytest.param("a@corp.example.com, b@corp.example.com", "", {"email"}, id="two"),
+        pytest.param('"A" <a@corp.example.com>', "", {"email"}, id="display-name"),
+        pytest.param('"a,b"@corp.example.com', "", {"email"}, id="quoted-local-part"),
+        pytest.param(" a@corp.example.com ", "", {"email"}, id="surrounding-spaces"),
+        pytest.param("a\x00@corp.example.com", "", {"email"}, id="nul"),
+        pytest.param("a@corp.example.com\r\nBcc: x@example.com", "", {"email"}, id="header"),
+        pytest.param("a@[192.0.2.1]", "", {"email"}, id="ip-literal"),
+        pytest.param("a@spoke.localhost", "", {"email"}, id="localhost"),
+        pytest.param("a@corp.test", "", {"email"}, id="special-use"),
         pytest.param("ok@example.com", "n" * 201, {"display_name"}, id="long-display-name"),
         pytest.param("", "n" * 201, {"email", "display_name"}, id="both-bad"),
     ],
@@ -112,6 +125,24 @@ def test_create_user_rejects_bad_fields(
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
     assert set(error.field_violations) == bad_fields
     assert db.execute("SELECT count(*) FROM users").fetchone() == before
+
+
+def test_an_address_is_one_account_in_any_of_its_spellings(admin: Client) -> None:
+    made = admin.users.CreateUser(user_pb2.CreateUserRequest(email="Ana@XN--MNCHEN-3YA.de")).user
+    assert made.email == "Ana@münchen.de"  # the library's normalised form
+    for twin in ("ana@münchen.de", "ANA@MÜNCHEN.DE", "ana@xn--mnchen-3ya.de"):
+        error = failure(
+            lambda twin=twin: admin.users.CreateUser(user_pb2.CreateUserRequest(email=twin))
+        )
+        assert error.code is grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_the_violation_says_what_is_wrong_with_the_address(admin: Client) -> None:
+    error = failure(
+        lambda: admin.users.CreateUser(user_pb2.CreateUserRequest(email="a,b@corp.example.com"))
+    )
+    description = error.field_violations["email"]
+    assert "one email address" in description and "','" in description
 
 
 def test_api_token_lifecycle(users: Users) -> None:

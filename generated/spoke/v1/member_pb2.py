@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from spoke.v1 import policy_pb2 as spoke_dot_v1_dot_policy__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15spoke/v1/member.proto\x12\x08spoke.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15spoke/v1/policy.proto\"\x9f\x01\n\x06Member\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x1c\n\x04role\x18\x04 \x01(\x0e\x32\x0e.spoke.v1.Role\x12\x12\n\ninvited_by\x18\x05 \x01(\t\x12-\n\tjoin_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe5\x01\n\nInvitation\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x1c\n\x04role\x18\x03 \x01(\x0e\x32\x0e.spoke.v1.Role\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.spoke.v1.InvitationState\x12\x12\n\ninvited_by\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\x12ListMembersRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Q\n\x13ListMembersResponse\x12!\n\x07members\x18\x01 \x03(\x0b\x32\x10.spoke.v1.Member\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"K\n\x10\x41\x64\x64MemberRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x1c\n\x04role\x18\x03 \x01(\x0e\x32\x0e.spoke.v1.Role\"5\n\x11\x41\x64\x64MemberResponse\x12 \n\x06member\x18\x01 \x01(\x0b\x32\x10.spoke.v1.Member\"U\n\x17UpdateMemberRoleRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x04role\x18\x03 \x01(\x0e\x32\x0e.spoke.v1.Role\"<\n\x18UpdateMemberRoleResponse\x12 \n\x06member\x18\x01 \x01(\x0b\x32\x10.spoke.v1.Member\"3\n\x13RemoveMemberRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\x16\n\x14RemoveMemberResponse\"S\n\x17\x43reateInvitationRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x1c\n\x04role\x18\x03 \x01(\x0e\x32\x0e.spoke.v1.Role\"S\n\x18\x43reateInvitationResponse\x12(\n\ninvitation\x18\x01 \x01(\x0b\x32\x14.spoke.v1.Invitation\x12\r\n\x05token\x18\x02 \x01(\t\"L\n\x16ListInvitationsRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x17ListInvitationsResponse\x12)\n\x0binvitations\x18\x01 \x03(\x0b\x32\x14.spoke.v1.Invitation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x17RevokeInvitationRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x15\n\rinvitation_id\x18\x02 \x01(\t\"D\n\x18RevokeInvitationResponse\x12(\n\ninvitation\x18\x01 \x01(\x0b\x32\x14.spoke.v1.Invitation\"(\n\x17\x41\x63\x63\x65ptInvitationRequest\x12\r\n\x05token\x18\x01 \x01(\t\"<\n\x18\x41\x63\x63\x65ptInvitationResponse\x12 \n\x06member\x18\x01 \x01(\x0b\x32\x10.spoke.v1.Member*Q\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x12\n\x0eROLE_DEVELOPER\x10\x02\x12\x0f\n\x0bROLE_VIEWER\x10\x03*\xac\x01\n\x0fInvitationState\x12 \n\x1cINVITATION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18INVITATION_STATE_PENDING\x10\x01\x12\x1d\n\x19INVITATION_STATE_ACCEPTED\x10\x02\x12\x1c\n\x18INVITATION_STATE_REVOKED\x10\x03\x12\x1c\n\x18INVITATION_STATE_EXPIRED\x10\x04\x32\xf8\x05\n\rMemberService\x12T\n\x0bListMembers\x12\x1c.spoke.v1.ListMembersRequest\x1a\x1d.spoke.v1.ListMembersResponse\"\x08\xca\xf3\x18\x04\x08\x03\x10\x01\x12L\n\tAddMember\x12\x1a.spoke.v1.AddMemberRequest\x1a\x1b.spoke.v1.AddMemberResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12\x61\n\x10UpdateMemberRole\x12!.spoke.v1.UpdateMemberRoleRequest\x1a\".spoke.v1.UpdateMemberRoleResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12U\n\x0cRemoveMember\x12\x1d.spoke.v1.RemoveMemberRequest\x1a\x1e.spoke.v1.RemoveMemberResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12\x61\n\x10\x43reateInvitation\x12!.spoke.v1.CreateInvitationRequest\x1a\".spoke.v1.CreateInvitationResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12`\n\x0fListInvitations\x12 .spoke.v1.ListInvitationsRequest\x1a!.spoke.v1.ListInvitationsResponse\"\x08\xca\xf3\x18\x04\x08\x03\x10\x01\x12\x61\n\x10RevokeInvitation\x12!.spoke.v1.RevokeInvitationRequest\x1a\".spoke.v1.RevokeInvitationResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12\x61\n\x10\x41\x63\x63\x65ptInvitation\x12!.spoke.v1.AcceptInvitationRequest\x1a\".spoke.v1.AcceptInvitationResponse\"\x06\xca\xf3\x18\x02\x08\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15spoke/v1/member.proto\x12\x08spoke.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15spoke/v1/policy.proto\"\x9f\x01\n\x06Member\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x1c\n\x04role\x18\x04 \x01(\x0e\x32\x0e.spoke.v1.Role\x12\x12\n\ninvited_by\x18\x05 \x01(\t\x12-\n\tjoin_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe5\x01\n\nInvitation\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x1c\n\x04role\x18\x03 \x01(\x0e\x32\x0e.spoke.v1.Role\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.spoke.v1.InvitationState\x12\x12\n\ninvited_by\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\x12ListMembersRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Q\n\x13ListMembersResponse\x12!\n\x07members\x18\x01 \x03(\x0b\x32\x10.spoke.v1.Member\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"K\n\x10\x41\x64\x64MemberRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x1c\n\x04role\x18\x03 \x01(\x0e\x32\x0e.spoke.v1.Role\"n\n\x11\x41\x64\x64MemberResponse\x12 \n\x06member\x18\x01 \x01(\x0b\x32\x10.spoke.v1.Member\x12(\n\ninvitation\x18\x02 \x01(\x0b\x32\x14.spoke.v1.Invitation\x12\r\n\x05token\x18\x03 \x01(\t\"U\n\x17UpdateMemberRoleRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x04role\x18\x03 \x01(\x0e\x32\x0e.spoke.v1.Role\"<\n\x18UpdateMemberRoleResponse\x12 \n\x06member\x18\x01 \x01(\x0b\x32\x10.spoke.v1.Member\"3\n\x13RemoveMemberRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\x16\n\x14RemoveMemberResponse\"S\n\x17\x43reateInvitationRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x1c\n\x04role\x18\x03 \x01(\x0e\x32\x0e.spoke.v1.Role\"S\n\x18\x43reateInvitationResponse\x12(\n\ninvitation\x18\x01 \x01(\x0b\x32\x14.spoke.v1.Invitation\x12\r\n\x05token\x18\x02 \x01(\t\"L\n\x16ListInvitationsRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x17ListInvitationsResponse\x12)\n\x0binvitations\x18\x01 \x03(\x0b\x32\x14.spoke.v1.Invitation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x17RevokeInvitationRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x15\n\rinvitation_id\x18\x02 \x01(\t\"D\n\x18RevokeInvitationResponse\x12(\n\ninvitation\x18\x01 \x01(\x0b\x32\x14.spoke.v1.Invitation\"(\n\x17\x41\x63\x63\x65ptInvitationRequest\x12\r\n\x05token\x18\x01 \x01(\t\"<\n\x18\x41\x63\x63\x65ptInvitationResponse\x12 \n\x06member\x18\x01 \x01(\x0b\x32\x10.spoke.v1.Member*Q\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x12\n\x0eROLE_DEVELOPER\x10\x02\x12\x0f\n\x0bROLE_VIEWER\x10\x03*\xac\x01\n\x0fInvitationState\x12 \n\x1cINVITATION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18INVITATION_STATE_PENDING\x10\x01\x12\x1d\n\x19INVITATION_STATE_ACCEPTED\x10\x02\x12\x1c\n\x18INVITATION_STATE_REVOKED\x10\x03\x12\x1c\n\x18INVITATION_STATE_EXPIRED\x10\x04\x32\xf8\x05\n\rMemberService\x12T\n\x0bListMembers\x12\x1c.spoke.v1.ListMembersRequest\x1a\x1d.spoke.v1.ListMembersResponse\"\x08\xca\xf3\x18\x04\x08\x03\x10\x01\x12L\n\tAddMember\x12\x1a.spoke.v1.AddMemberRequest\x1a\x1b.spoke.v1.AddMemberResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12\x61\n\x10UpdateMemberRole\x12!.spoke.v1.UpdateMemberRoleRequest\x1a\".spoke.v1.UpdateMemberRoleResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12U\n\x0cRemoveMember\x12\x1d.spoke.v1.RemoveMemberRequest\x1a\x1e.spoke.v1.RemoveMemberResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12\x61\n\x10\x43reateInvitation\x12!.spoke.v1.CreateInvitationRequest\x1a\".spoke.v1.CreateInvitationResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12`\n\x0fListInvitations\x12 .spoke.v1.ListInvitationsRequest\x1a!.spoke.v1.ListInvitationsResponse\"\x08\xca\xf3\x18\x04\x08\x03\x10\x01\x12\x61\n\x10RevokeInvitation\x12!.spoke.v1.RevokeInvitationRequest\x1a\".spoke.v1.RevokeInvitationResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12\x61\n\x10\x41\x63\x63\x65ptInvitation\x12!.spoke.v1.AcceptInvitationRequest\x1a\".spoke.v1.AcceptInvitationResponse\"\x06\xca\xf3\x18\x02\x08\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,10 +49,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMBERSERVICE'].methods_by_name['RevokeInvitation']._serialized_options = b'\312\363\030\002\010\005'
   _globals['_MEMBERSERVICE'].methods_by_name['AcceptInvitation']._loaded_options = None
   _globals['_MEMBERSERVICE'].methods_by_name['AcceptInvitation']._serialized_options = b'\312\363\030\002\010\002'
-  _globals['_ROLE']._serialized_start=1580
-  _globals['_ROLE']._serialized_end=1661
-  _globals['_INVITATIONSTATE']._serialized_start=1664
-  _globals['_INVITATIONSTATE']._serialized_end=1836
+  _globals['_ROLE']._serialized_start=1637
+  _globals['_ROLE']._serialized_end=1718
+  _globals['_INVITATIONSTATE']._serialized_start=1721
+  _globals['_INVITATIONSTATE']._serialized_end=1893
   _globals['_MEMBER']._serialized_start=92
   _globals['_MEMBER']._serialized_end=251
   _globals['_INVITATION']._serialized_start=254
@@ -64,31 +64,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDMEMBERREQUEST']._serialized_start=642
   _globals['_ADDMEMBERREQUEST']._serialized_end=717
   _globals['_ADDMEMBERRESPONSE']._serialized_start=719
-  _globals['_ADDMEMBERRESPONSE']._serialized_end=772
-  _globals['_UPDATEMEMBERROLEREQUEST']._serialized_start=774
-  _globals['_UPDATEMEMBERROLEREQUEST']._serialized_end=859
-  _globals['_UPDATEMEMBERROLERESPONSE']._serialized_start=861
-  _globals['_UPDATEMEMBERROLERESPONSE']._serialized_end=921
-  _globals['_REMOVEMEMBERREQUEST']._serialized_start=923
-  _globals['_REMOVEMEMBERREQUEST']._serialized_end=974
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=976
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=998
-  _globals['_CREATEINVITATIONREQUEST']._serialized_start=1000
-  _globals['_CREATEINVITATIONREQUEST']._serialized_end=1083
-  _globals['_CREATEINVITATIONRESPONSE']._serialized_start=1085
-  _globals['_CREATEINVITATIONRESPONSE']._serialized_end=1168
-  _globals['_LISTINVITATIONSREQUEST']._serialized_start=1170
-  _globals['_LISTINVITATIONSREQUEST']._serialized_end=1246
-  _globals['_LISTINVITATIONSRESPONSE']._serialized_start=1248
-  _globals['_LISTINVITATIONSRESPONSE']._serialized_end=1341
-  _globals['_REVOKEINVITATIONREQUEST']._serialized_start=1343
-  _globals['_REVOKEINVITATIONREQUEST']._serialized_end=1404
-  _globals['_REVOKEINVITATIONRESPONSE']._serialized_start=1406
-  _globals['_REVOKEINVITATIONRESPONSE']._serialized_end=1474
-  _globals['_ACCEPTINVITATIONREQUEST']._serialized_start=1476
-  _globals['_ACCEPTINVITATIONREQUEST']._serialized_end=1516
-  _globals['_ACCEPTINVITATIONRESPONSE']._serialized_start=1518
-  _globals['_ACCEPTINVITATIONRESPONSE']._serialized_end=1578
-  _globals['_MEMBERSERVICE']._serialized_start=1839
-  _globals['_MEMBERSERVICE']._serialized_end=2599
+  _globals['_ADDMEMBERRESPONSE']._serialized_end=829
+  _globals['_UPDATEMEMBERROLEREQUEST']._serialized_start=831
+  _globals['_UPDATEMEMBERROLEREQUEST']._serialized_end=916
+  _globals['_UPDATEMEMBERROLERESPONSE']._serialized_start=918
+  _globals['_UPDATEMEMBERROLERESPONSE']._serialized_end=978
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=980
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1031
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=1033
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=1055
+  _globals['_CREATEINVITATIONREQUEST']._serialized_start=1057
+  _globals['_CREATEINVITATIONREQUEST']._serialized_end=1140
+  _globals['_CREATEINVITATIONRESPONSE']._serialized_start=1142
+  _globals['_CREATEINVITATIONRESPONSE']._serialized_end=1225
+  _globals['_LISTINVITATIONSREQUEST']._serialized_start=1227
+  _globals['_LISTINVITATIONSREQUEST']._serialized_end=1303
+  _globals['_LISTINVITATIONSRESPONSE']._serialized_start=1305
+  _globals['_LISTINVITATIONSRESPONSE']._serialized_end=1398
+  _globals['_REVOKEINVITATIONREQUEST']._serialized_start=1400
+  _globals['_REVOKEINVITATIONREQUEST']._serialized_end=1461
+  _globals['_REVOKEINVITATIONRESPONSE']._serialized_start=1463
+  _globals['_REVOKEINVITATIONRESPONSE']._serialized_end=1531
+  _globals['_ACCEPTINVITATIONREQUEST']._serialized_start=1533
+  _globals['_ACCEPTINVITATIONREQUEST']._serialized_end=1573
+  _globals['_ACCEPTINVITATIONRESPONSE']._serialized_start=1575
+  _globals['_ACCEPTINVITATIONRESPONSE']._serialized_end=1635
+  _globals['_MEMBERSERVICE']._serialized_start=1896
+  _globals['_MEMBERSERVICE']._serialized_end=2656
 # @@protoc_insertion_point(module_scope)

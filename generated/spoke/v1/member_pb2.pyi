@@ -98,10 +98,14 @@ class AddMemberRequest(_message.Message):
     def __init__(self, org: _Optional[str] = ..., user: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ...) -> None: ...
 
 class AddMemberResponse(_message.Message):
-    __slots__ = ("member",)
+    __slots__ = ("member", "invitation", "token")
     MEMBER_FIELD_NUMBER: _ClassVar[int]
+    INVITATION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     member: Member
-    def __init__(self, member: _Optional[_Union[Member, _Mapping]] = ...) -> None: ...
+    invitation: Invitation
+    token: str
+    def __init__(self, member: _Optional[_Union[Member, _Mapping]] = ..., invitation: _Optional[_Union[Invitation, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
 
 class UpdateMemberRoleRequest(_message.Message):
     __slots__ = ("org", "user_id", "role")

@@ -89,7 +89,12 @@ class MemberServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddMember(self, request, context):
-        """Adds an existing user to the organization with a role.
+        """Adds a user to the organization with a role. A platform admin adds an
+        existing user by id or email, at once. An organization admin adds by email
+        only, and that invites the address (as CreateInvitation does): the answer
+        is the same whether or not an account has that email, so accounts cannot
+        be found this way, and nobody joins without accepting. An organization
+        admin passing a user id gets PERMISSION_DENIED (for any id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
