@@ -23,7 +23,7 @@ from spoke.v1 import module_pb2, user_pb2
 from spoke.v1 import organization_pb2 as opb
 
 from spoke_grpc import tokens
-from spoke_grpc.cache import AccessCache, Key
+from spoke_grpc.cache import AccessCache, CacheListener, Key
 from spoke_grpc.config import Settings
 from spoke_grpc.store.access import Resolved
 from spoke_grpc.types import Principal, Role, User
@@ -254,23 +254,53 @@ def test_a_read_in_flight_cannot_bring_back_what_a_change_made_stale(
 
 
 def test_a_lost_listener_turns_the_cache_off_until_it_is_back(
-    users: Users, server: ServerThread, db: psycopg.Connection[Any]
+    users: Users, admin: Client, server: ServerThread, db: psycopg.Connection[Any]
 ) -> None:
     owner = users.create()
     owner.orgs.CreateOrganization(opb.CreateOrganizationRequest(name="silent"))
-    cache = server.server.cache
+    cache, listener = server.server.cache, server.server.cache_listener
+    read = lambda: owner.orgs.GetOrganization(opb.GetOrganizationRequest(org="silent"))  # noqa: E731
+    me = lambda: owner.users.GetCurrentUser(ME)  # noqa: E731
     within(5, lambda: cache.enabled)
-    owner.orgs.GetOrganization(opb.GetOrganizationRequest(org="silent"))
+    notifications_applied(server, db)
+    read()
     assert len(cache) > 0
-    reconnects = server.server.cache_listener.reconnects
+    # Its connection killed: the cache is emptied, and the listener comes back on its own.
+    reconnects = listener.reconnects
     db.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE application_name = 'spoke-grpc-cache' AND datname = current_database()"
     )
-    within(5, lambda: server.server.cache_listener.reconnects > reconnects)
-    # Reads go on, from the database; the cache comes back with the listener, empty.
-    assert owner.orgs.GetOrganization(opb.GetOrganizationRequest(org="silent")).organization
+    within(5, lambda: listener.reconnects > reconnects)
+    assert len(cache) == 0
     within(5, lambda: cache.enabled)
+    # Silent (stopped here, so that it stays away): the cache turns off once the silence
+    # outlasts MAX_SILENCE_SECONDS, and then every read goes to the database.
+    server.run(listener.stop())
+    try:
+        read()
+        within(5, lambda: not cache.enabled)
+        with usage_flush_paused(server):
+            assert [checkouts(server, read) for _ in range(3)] == [1, 1, 1]
+            assert [checkouts(server, me) for _ in range(3)] == [1, 1, 1]
+        assert len(cache) == 0
+        # A revocation that nobody hears (no listener to hear it) is refused at once.
+        db.execute("UPDATE api_tokens SET revoked_at = now() WHERE user_id = %s", [owner.user_id])
+        assert code_of(me) is grpc.StatusCode.UNAUTHENTICATED
+        assert code_of(read) is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        server.run(_start(listener))
+    within(5, lambda: cache.enabled)
+    notifications_applied(server, db)
+    # Back on: reads are cached again, and the revoked token stays refused.
+    admin_read = lambda: admin.orgs.GetOrganization(opb.GetOrganizationRequest(org="silent"))  # noqa: E731
+    with usage_flush_paused(server):
+        assert [checkouts(server, admin_read) for _ in range(3)] == [1, 0, 0]
+    assert code_of(me) is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def _start(listener: CacheListener) -> None:
+    listener.start()
 
 
 def test_the_cache_is_bounded() -> None:
