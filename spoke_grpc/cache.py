@@ -5,17 +5,34 @@ Only read-only calls use it; writes always read (and lock) the rows in their tra
 Staleness is bounded:
 
 - Every change to cached rows is announced on the PostgreSQL channel ``spoke_cache`` by
-  triggers (migration 0011), whoever makes it. A listener on a connection of its own drops
-  the entries named ('org:<id>', 'user:<id>') as the notifications arrive, typically within
-  milliseconds of the commit.
+  triggers (migrations 0011, 0012), whoever makes it. A listener on a connection of its own
+  drops the entries named ('org:<id>', 'user:<id>', 'org-names' when an organization is
+  created or renamed) as the notifications arrive, typically within milliseconds of the
+  commit.
+- A read that missed reads the database, then stores what it read; an invalidation that
+  arrives in between must not be undone by that store. Every invalidation advances one
+  clock, the cache's ``generation``, and records it against what it names (an org, a user,
+  the org names); a miss notes the generation when it starts and its ``put`` is dropped when
+  anything its answer depends on was invalidated since. ``clear()`` drops every miss in
+  flight the same way.
 - The listener pings itself through the channel every ``PING_SECONDS``; while its last ping
-  is older than ``MAX_SILENCE_SECONDS`` (connection lost, stuck, or not yet started) the
-  cache is off: nothing is served from it and it is emptied, so a lost listener can never
-  serve stale entries. Entries also expire after ``TTL_SECONDS`` whatever happens.
+  is older than ``MAX_SILENCE_SECONDS`` (not yet started, stuck) or its connection is known
+  lost, the cache is off: nothing is served from it or stored in it, and it is emptied, so a
+  lost listener can never serve stale entries. Entries also expire after ``TTL_SECONDS``
+  whatever happens.
 - A write made through this process drops the entries of its org and of its caller as it
   commits, before the response: this process sees its own security-relevant changes at once.
 
-Memory is bounded: at most ``max_entries`` entries, least recently used first out.
+Organizations that do not exist are remembered too (for the caller who asked), so that a
+reference to a missing org and one to an org the caller may not see are both answered from
+memory after the first call: existence is not a timing oracle. Unknown tokens are not
+remembered.
+
+Memory is bounded: at most ``max_entries`` entries (least recently used first out), of
+which at most ``max_missing`` for missing orgs, so a flood of made-up names cannot push out
+real entries; at most ``max_generations`` invalidation records, the oldest forgotten first:
+forgetting one drops the puts of misses that started before it (safe: a dropped put only
+costs the next call a read).
 """
 
 from __future__ import annotations
@@ -25,6 +42,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -41,8 +59,13 @@ PING_SECONDS = 0.25
 MAX_SILENCE_SECONDS = 1.0
 TTL_SECONDS = 60.0
 DEFAULT_MAX_ENTRIES = 10_000
+DEFAULT_MAX_MISSING = 1_000
+DEFAULT_MAX_GENERATIONS = 10_000
 
 Key = tuple[bytes | None, str | None, bool]  # (token digest, org reference, public read)
+# What one invalidation names: ("org", id), ("user", id), or ("org-names", None).
+Scope = tuple[str, uuid.UUID | None]
+ORG_NAMES: Scope = ("org-names", None)
 
 
 @dataclass(frozen=True)
@@ -52,19 +75,46 @@ class _Entry:
 
 
 class AccessCache:
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        *,
+        max_missing: int = DEFAULT_MAX_MISSING,
+        max_generations: int = DEFAULT_MAX_GENERATIONS,
+    ) -> None:
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
+        self._missing: OrderedDict[Key, None] = OrderedDict()  # keys of missing orgs, LRU
         self._by_org: dict[uuid.UUID, set[Key]] = {}
         self._by_user: dict[uuid.UUID, set[Key]] = {}
         self._max_entries = max_entries
+        self._max_missing = max(0, min(max_missing, max_entries))
+        self._generation = 0
+        # The generation of each scope's last invalidation, oldest first; bounded.
+        self._invalidated: OrderedDict[Scope, int] = OrderedDict()
+        self._max_generations = max(1, max_generations)
+        # Misses that started before this generation store nothing (clear(), forgotten records).
+        self._floor = 0
         self._last_ping = float("-inf")
         self.hits = 0
         self.misses = 0
         self.invalidations = 0
+        self.stale_puts = 0
+        # Test seam: awaited by the auth interceptor between a miss's read and its put.
+        self.after_miss_read: Callable[[Key], Awaitable[None]] | None = None
 
     @property
     def enabled(self) -> bool:
         return time.monotonic() - self._last_ping < MAX_SILENCE_SECONDS
+
+    @property
+    def generation(self) -> int:
+        """The invalidation clock: a miss notes it before it reads, and hands it to ``put``."""
+        return self._generation
+
+    @property
+    def missing(self) -> int:
+        """How many entries remember an organization that does not exist."""
+        return len(self._missing)
 
     def get(self, key: Key) -> Resolved | None:
         if not self.enabled:
@@ -76,33 +126,59 @@ class AccessCache:
             self.misses += 1
             return None
         self._entries.move_to_end(key)
+        if key in self._missing:
+            self._missing.move_to_end(key)
         self.hits += 1
         return entry.value
 
-    def put(self, key: Key, value: Resolved) -> None:
+    def put(self, key: Key, value: Resolved, since: int) -> bool:
+        """Stores what a miss that started at generation ``since`` read, unless something it
+        depends on was invalidated since (then the next call reads again). True if stored."""
         if not self.enabled:
-            return
+            return False
+        missing = key[1] is not None and value.org is None
+        if self._stale(value, missing, since):
+            self.stale_puts += 1
+            return False
         self._forget(key)
         self._entries[key] = _Entry(value, time.monotonic() + TTL_SECONDS)
         if value.org is not None:
             self._by_org.setdefault(value.org.id, set()).add(key)
         if value.principal is not None:
             self._by_user.setdefault(value.principal.user_id, set()).add(key)
+        if missing:
+            self._missing[key] = None
+            while len(self._missing) > self._max_missing:
+                self._forget(next(iter(self._missing)))
         while len(self._entries) > self._max_entries:
             self._forget(next(iter(self._entries)))
+        return True
 
     def invalidate_org(self, org_id: uuid.UUID) -> None:
+        self._advance(("org", org_id))
         for key in self._by_org.pop(org_id, set()):
             self._forget(key)
         self.invalidations += 1
 
     def invalidate_user(self, user_id: uuid.UUID) -> None:
+        self._advance(("user", user_id))
         for key in self._by_user.pop(user_id, set()):
             self._forget(key)
         self.invalidations += 1
 
+    def invalidate_org_names(self) -> None:
+        """An organization was created or renamed: what was missing may exist now."""
+        self._advance(ORG_NAMES)
+        for key in list(self._missing):
+            self._forget(key)
+        self.invalidations += 1
+
     def clear(self) -> None:
+        self._generation += 1
+        self._floor = self._generation
+        self._invalidated.clear()
         self._entries.clear()
+        self._missing.clear()
         self._by_org.clear()
         self._by_user.clear()
 
@@ -114,6 +190,9 @@ class AccessCache:
         if payload == "all":
             self.clear()
             self.invalidations += 1
+            return
+        if payload == "org-names":
+            self.invalidate_org_names()
             return
         kind, _, ident = payload.partition(":")
         try:
@@ -128,10 +207,36 @@ class AccessCache:
     def pinged(self) -> None:
         self._last_ping = time.monotonic()
 
+    def silenced(self) -> None:
+        """The listener lost its connection: off until its next ping, emptied now."""
+        self._last_ping = float("-inf")
+        self.clear()
+
+    def _advance(self, scope: Scope) -> None:
+        self._generation += 1
+        self._invalidated[scope] = self._generation
+        self._invalidated.move_to_end(scope)
+        while len(self._invalidated) > self._max_generations:
+            _, forgotten = self._invalidated.popitem(last=False)
+            self._floor = max(self._floor, forgotten)
+
+    def _stale(self, value: Resolved, missing: bool, since: int) -> bool:
+        if since < self._floor:
+            return True
+        scopes: list[Scope] = []
+        if value.org is not None:
+            scopes.append(("org", value.org.id))
+        if value.principal is not None:
+            scopes.append(("user", value.principal.user_id))
+        if missing:
+            scopes.append(ORG_NAMES)
+        return any(self._invalidated.get(scope, 0) > since for scope in scopes)
+
     def _forget(self, key: Key) -> None:
         entry = self._entries.pop(key, None)
         if entry is None:
             return
+        self._missing.pop(key, None)
         if entry.value.org is not None:
             keys = self._by_org.get(entry.value.org.id)
             if keys is not None:
@@ -152,6 +257,8 @@ class CacheListener:
         self._ping = f"ping:{uuid.uuid4()}"
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
+        # Test seam: called with every payload heard (others' pings too), after acting on it.
+        self.heard: Callable[[str], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="cache-listener")
@@ -168,7 +275,7 @@ class CacheListener:
                 raise
             except Exception as exc:
                 log.warning("cache listener lost its connection (%s); cache off until back", exc)
-            self._cache.clear()
+            self._cache.silenced()
             self.reconnects += 1
             await asyncio.sleep(PING_SECONDS)
 
@@ -188,3 +295,5 @@ class CacheListener:
                             self._cache.pinged()
                         elif not notify.payload.startswith("ping:"):
                             self._cache.apply(notify.payload)
+                        if self.heard is not None:
+                            self.heard(notify.payload)

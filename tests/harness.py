@@ -29,7 +29,7 @@ from spoke.v1 import (
     user_pb2_grpc,
 )
 
-from spoke_grpc import migrations
+from spoke_grpc import cache, migrations
 from spoke_grpc.config import REPO_ROOT, Settings
 from spoke_grpc.database import with_database
 from spoke_grpc.server import SpokeServer
@@ -272,6 +272,53 @@ def wait_for_lock_waiter(
             return waiters[0]
         assert time.monotonic() < deadline, f"no backend came to wait ({blocked_by=}, {relation=})"
         time.sleep(0.01)  # polling the database's own record of the wait, not a guess
+
+
+@contextmanager
+def usage_flush_paused(server: ServerThread) -> Iterator[None]:
+    """The usage flush takes a pooled connection of its own every interval: paused while
+    a call's checkouts are counted, so that it cannot land inside one."""
+    usage = server.server.usage
+    server.run(usage.stop())
+
+    async def restart() -> None:
+        usage.start()
+
+    try:
+        yield
+    finally:
+        server.run(restart())
+
+
+def checkouts(server: ServerThread, call: Callable[[], Any]) -> int:
+    """How many pool connections ``call`` took (inside ``usage_flush_paused``)."""
+    before = server.server.pool.get_stats().get("requests_num", 0)
+    call()
+    return int(server.server.pool.get_stats().get("requests_num", 0) - before)
+
+
+def notifications_applied(server: ServerThread, db: psycopg.Connection[Any]) -> None:
+    """Returns once ``server``'s cache has acted on every notification committed so far.
+
+    PostgreSQL delivers notifications in commit order: once the listener has heard a marker
+    sent now, it has applied everything committed before it."""
+    marker = f"ping:test-{uuid.uuid4()}"
+    heard = threading.Event()
+    listener = server.server.cache_listener
+
+    def hear(payload: str) -> None:
+        if payload == marker:
+            heard.set()
+
+    listener.heard = hear
+    try:
+        for _ in range(10):  # sent again while the listener is (re)connecting
+            db.execute("SELECT pg_notify(%s, %s)", [cache.CHANNEL, marker])
+            if heard.wait(1):
+                return
+        raise AssertionError("the cache listener never heard the marker")
+    finally:
+        listener.heard = None
 
 
 @contextmanager

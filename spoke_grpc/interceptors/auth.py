@@ -5,7 +5,8 @@ Anonymous calls reach only methods declared ACCESS_ANONYMOUS or ``public_read``;
 that is sent must be valid even there. Methods that are not org-scoped get their access
 checked here (platform admin); org-scoped ones in the org-context interceptor, which uses
 the organization read here. Read-only calls are answered from the access cache
-(``spoke_grpc.cache``) when it has the answer: no statement at all.
+(``spoke_grpc.cache``) when it has the answer: no statement at all. A missing org is
+remembered like one the caller may not see, so that both cost the same.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class AuthInterceptor(PolicyInterceptor):
         cached = self._cache.get(key)
         if cached is not None:
             return cached
+        since = self._cache.generation  # before the read: what changes during it counts
         resolved = await access.resolve(
             await call.connection(),
             token_digest=digest,
@@ -61,11 +63,10 @@ class AuthInterceptor(PolicyInterceptor):
             lock=False,
             public=policy.public_read,
         )
-        complete = (digest is None or resolved.principal is not None) and (
-            org is None or resolved.org is not None
-        )
-        if complete:  # unknown tokens and missing orgs are not remembered
-            self._cache.put(key, resolved)
+        if self._cache.after_miss_read is not None:
+            await self._cache.after_miss_read(key)
+        if digest is None or resolved.principal is not None:  # unknown tokens are not kept
+            self._cache.put(key, resolved, since)
         return resolved
 
     async def intercept(

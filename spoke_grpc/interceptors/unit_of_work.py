@@ -102,6 +102,8 @@ class UnitOfWorkInterceptor(PolicyInterceptor):
         processes hear of them from the database's notifications)."""
         if call.org is not None:
             self._cache.invalidate_org(call.org.id)
+        else:  # a write that names no org may have created one, which was remembered missing
+            self._cache.invalidate_org_names()
         if call.principal is not None:
             self._cache.invalidate_user(call.principal.user_id)
 

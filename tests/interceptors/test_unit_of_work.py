@@ -3,7 +3,7 @@ budget, retries of deadlocks, and overload told apart from an outage."""
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -71,43 +71,27 @@ def suspend(org: str) -> pb.UpdateOrganizationRequest:
     )
 
 
-@contextlib.contextmanager
-def usage_flush_paused(server: ServerThread) -> Iterator[None]:
-    """The usage flush takes a pooled connection of its own every interval: paused while
-    a call's checkouts are counted, so that it cannot land inside one."""
-    usage = server.server.usage
-    server.run(usage.stop())
-
-    async def restart() -> None:
-        usage.start()
-
-    try:
-        yield
-    finally:
-        server.run(restart())
-
-
-def test_at_most_one_pool_checkout_per_call(admin: Client, server: ServerThread) -> None:
+def test_at_most_one_pool_checkout_per_call(
+    admin: Client, server: ServerThread, db: psycopg.Connection[Any]
+) -> None:
     admin.orgs.CreateOrganization(pb.CreateOrganizationRequest(name="checkouts"))
-    with usage_flush_paused(server):
-        at_most_one_checkout(admin, server)
+    with harness.usage_flush_paused(server):
+        at_most_one_checkout(admin, server, db)
 
 
-def at_most_one_checkout(admin: Client, server: ServerThread) -> None:
-
-    def checkouts(call: Callable[[], Any]) -> int:
-        before = server.server.pool.get_stats().get("requests_num", 0)
-        call()
-        return int(server.server.pool.get_stats().get("requests_num", 0) - before)
-
+def at_most_one_checkout(admin: Client, server: ServerThread, db: psycopg.Connection[Any]) -> None:
+    checkouts = functools.partial(harness.checkouts, server)
     get = lambda: admin.orgs.GetOrganization(pb.GetOrganizationRequest(org="checkouts"))  # noqa: E731
     eventually(lambda: server.server.cache.enabled)
     assert checkouts(lambda: admin.orgs.UpdateOrganization(describe("checkouts", "x"))) == 1
+    # The update's notification, once heard, empties the org's entries: heard before counting.
+    harness.notifications_applied(server, db)
     assert checkouts(get) == 1  # not cached yet: one checkout, one statement
     assert checkouts(get) == 0  # answered from the cache: no connection at all
     assert checkouts(lambda: admin.users.GetCurrentUser(ME)) <= 1
     missing = lambda: admin.orgs.GetOrganization(pb.GetOrganizationRequest(org="nope"))  # noqa: E731
     assert checkouts(lambda: failure(missing)) == 1
+    assert checkouts(lambda: failure(missing)) == 0  # remembered missing
 
 
 def test_sessions_run_in_utc_under_the_server_maximum(server: ServerThread) -> None:

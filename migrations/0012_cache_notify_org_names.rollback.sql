@@ -1,0 +1,2 @@
+DROP TRIGGER organizations_names_cache ON organizations;
+DROP FUNCTION spoke_cache_notify_payload();
