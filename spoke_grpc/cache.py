@@ -5,7 +5,7 @@ Only read-only calls use it; writes always read (and lock) the rows in their tra
 Staleness is bounded:
 
 - Every change to cached rows is announced on the PostgreSQL channel ``spoke_cache`` by
-  triggers (migrations 0011, 0012), whoever makes it. A listener on a connection of its own
+  triggers (migrations 0011, 0013), whoever makes it. A listener on a connection of its own
   drops the entries named ('org:<id>', 'user:<id>', 'org-names' when an organization is
   created or renamed) as the notifications arrive, typically within milliseconds of the
   commit.

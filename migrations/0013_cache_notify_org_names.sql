@@ -1,4 +1,4 @@
--- depends: 0011_cache_notify
+-- depends: 0012_usage_flush_writers
 -- Servers remember organizations that do not exist (so that a missing org and one the caller
 -- may not see cost the same). Creating or renaming an organization makes a reference name
 -- one: it is announced as 'org-names' on spoke_cache, and servers forget every missing org
