@@ -1439,20 +1439,18 @@ def test_making_a_module_private_waits_for_a_public_push_in_flight(
         psycopg.connect(database_url) as holder,
         ThreadPoolExecutor(2) as pool,
     ):
-        # The push stops at globex's quota lock, after it resolved (and locked) base.
-        holder.execute(
-            "SELECT 1 FROM org_quotas q JOIN organizations o ON o.id = q.org_id"
-            " WHERE o.name = 'globex' FOR UPDATE"
-        )
+        # The push stops where it writes its version (whose foreign key needs a lock on its
+        # own module's row), after it resolved, and locked, base.
+        holder.execute("SELECT 1 FROM modules WHERE name = 'late' FOR UPDATE")
         pushing = pool.submit(
             push, consumer, "globex", "late", "1.0.0", USES_BASE, deps=[("acme", "base", "1.0.0")]
         )
-        wait_for_lock_waiters(db, 1)
+        pusher = harness.wait_for_lock_waiter(db, blocked_by=holder.info.backend_pid)
         # Only the public dependent globex/app counts so far; the push in flight holds base.
         privatising = pool.submit(
             code_of, lambda: make_private(dependents.provider, "acme", "base")
         )
-        wait_for_lock_waiters(db, 2)
+        harness.wait_for_lock_waiter(db, blocked_by=pusher)
         holder.rollback()
         assert pushing.result(timeout=30).version == "1.0.0"
         assert privatising.result(timeout=30) == "FAILED_PRECONDITION"
@@ -1460,18 +1458,35 @@ def test_making_a_module_private_waits_for_a_public_push_in_flight(
     assert "2 version(s) of public modules" in error.message
 
 
-def wait_for_lock_waiters(db: psycopg.Connection[Any], count: int) -> None:
-    """Until ``count`` server statements wait on a lock (pg_stat_activity), not a sleep."""
-    deadline = time.monotonic() + 20
-    while True:
-        row = db.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND wait_event_type = 'Lock' AND application_name = 'spoke-grpc'"
-        ).fetchone()
-        if row is not None and row[0] >= count:
-            return
-        assert time.monotonic() < deadline, f"never {count} waiter(s) on a lock"
-        time.sleep(0.01)
+def test_a_push_decides_the_publication_rule_on_its_module_as_it_is_at_the_write(
+    acme: Client, database_url: str
+) -> None:
+    """A push to a private module that depends on a private one, while the module is made
+    public: the push read the module private, but re-reads it under its key lock before
+    writing, sees it public, and is refused, so no public version depends on a private
+    module."""
+    create_module(acme, "acme", "inner")
+    push(acme, "acme", "inner", "1.0.0", BASE)
+    create_module(acme, "acme", "closed")
+    with (
+        psycopg.connect(database_url, autocommit=True) as db,
+        psycopg.connect(database_url) as holder,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        # The push stops at its dependency (FOR SHARE), after it read its own module.
+        holder.execute("SELECT 1 FROM modules WHERE name = 'inner' FOR UPDATE")
+        pushing = pool.submit(
+            code_of,
+            lambda: push(
+                acme, "acme", "closed", "1.0.0", USES_BASE, deps=[("acme", "inner", "1.0.0")]
+            ),
+        )
+        harness.wait_for_lock_waiter(db, blocked_by=holder.info.backend_pid)
+        assert update(acme, "acme", "closed", ["is_public"], is_public=True).is_public
+        holder.rollback()
+        assert pushing.result(timeout=30) == "FAILED_PRECONDITION"
+    versions = acme.modules.ListVersions(pb.ListVersionsRequest(org="acme", module="closed"))
+    assert list(versions.versions) == []
 
 
 def test_a_public_module_depends_only_on_public_modules(acme: Client) -> None:
