@@ -9,18 +9,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import grpc
 import psycopg
 
-OK = "OK"
-
-
-def code_of(call: Callable[[], Any]) -> str:
-    try:
-        call()
-    except grpc.RpcError as exc:
-        return str(exc.code().name)  # type: ignore[attr-defined]
-    return OK
+from tests.servicers.test_modules import code_of
 
 
 def waiting_on_locks(db: psycopg.Connection[Any]) -> int:

@@ -22,6 +22,7 @@ from spoke.v1 import module_pb2, organization_pb2, user_pb2
 from spoke_grpc.config import ConfigError, Settings
 from tests.harness import Client, failure_of
 from tests.operating import Dedicated, dedicated_server
+from tests.overlap import waiting_on_locks
 from tests.servicers.test_modules import create_org
 
 CAP = 4
@@ -52,15 +53,6 @@ def create_module(client: Client, org: str, name: str) -> Callable[[], Any]:
 def module_names(db: psycopg.Connection[Any], org: str) -> set[str]:
     rows = db.execute("SELECT name FROM modules WHERE org_id = %s", [org]).fetchall()
     return {name for (name,) in rows}
-
-
-def waiting_on_locks(db: psycopg.Connection[Any]) -> int:
-    row = db.execute(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def test_calls_over_the_cap_are_refused_fast_and_nothing_is_lost(capped: Dedicated) -> None:
