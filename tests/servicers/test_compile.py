@@ -201,7 +201,8 @@ def test_unknown_languages_are_invalid_and_name_the_supported_ones(
     error = failure(lambda: billing.compile("python", "cobol"))
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
     assert error.field_violations == {
-        "languages[1]": "'cobol' is not a supported language; supported: python"
+        "languages[1]": "'cobol' is not a supported language; supported: cpp, csharp, go, java,"
+        " javascript, kotlin, objc, php, python, ruby, rust, typescript"
     }
     assert job_rows(db) == []
     assert compile_jobs_used(acme, "acme") == 0
