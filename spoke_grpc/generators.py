@@ -173,16 +173,23 @@ class Toolchain:
 
     def missing(self, language: str) -> list[str]:
         """The programs ``language`` needs that this server does not have."""
-        needed = {g.program for g in LANGUAGES[language].generators}
-        return sorted(name for name in needed if self.program(name).path is None)
+        return sorted(name for name in programs_of([language]) if self.program(name).path is None)
 
     def available(self, language: str) -> bool:
         return not self.missing(language)
 
     def versions(self, languages: Iterable[str]) -> list[str]:
         """``program version`` of every program the languages use: part of the cache key."""
-        names = {g.program for lang in languages for g in LANGUAGES[lang].generators}
-        return sorted(f"{n} {self.program(n).version}" for n in names)
+        return sorted(f"{n} {self.program(n).version}" for n in programs_of(languages))
+
+
+def programs_of(languages: Iterable[str]) -> set[str]:
+    """The programs the languages run: their generators', and the system's protoc, which
+    drives every generator but the bundled ones."""
+    names = {g.program for lang in languages for g in LANGUAGES[lang].generators}
+    if names - {BUNDLED}:
+        names.add(PROTOC)
+    return names
 
 
 def search_path(setting: str | None = None) -> tuple[str, ...]:
