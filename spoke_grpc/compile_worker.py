@@ -318,13 +318,25 @@ def run_sandboxed(
 def _wait_unreaped(pid: int, timeout: float) -> bool:
     """Waits until process ``pid`` exits, without reaping it; False when ``timeout``
     seconds pass first."""
-    descriptor = os.pidfd_open(pid)
+    try:
+        descriptor = os.pidfd_open(pid)
+    except OSError:  # before Linux 5.3: wait for it by polling its state, unreaped
+        return _poll_unreaped(pid, timeout)
     try:
         poller = select.poll()
         poller.register(descriptor, select.POLLIN)
         return bool(poller.poll(max(0, math.ceil(timeout * 1000))))
     finally:
         os.close(descriptor)
+
+
+def _poll_unreaped(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def _limit(time_limit: float) -> None:
