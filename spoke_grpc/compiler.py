@@ -294,10 +294,19 @@ class Compiler:
         return _detect(self._search_path, self._sandbox)
 
     def build_key(
-        self, digest: str, dependency_digests: Iterable[str], languages: Sequence[str]
+        self,
+        digest: str,
+        dependency_digests: Iterable[str],
+        languages: Sequence[str],
+        labels: Iterable[str] = (),
     ) -> str:
-        """``build_key`` with the versions of the programs ``languages`` use."""
+        """``build_key`` with the versions of the programs ``languages`` use, and, when
+        their output names the versions (Go's import paths), the ``labels``
+        (``org/module@version``) of the version and its dependencies: digests say what the
+        files are, not whose."""
         programs = self.toolchain.versions(languages)
+        if generators.names_versions(languages):
+            programs = [*programs, "", *sorted(set(labels))]
         return build_key(digest, dependency_digests, languages, programs)
 
     def start(self) -> None:

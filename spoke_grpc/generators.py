@@ -183,6 +183,12 @@ class Toolchain:
         return sorted(f"{n} {self.program(n).version}" for n in programs_of(languages))
 
 
+def names_versions(languages: Iterable[str]) -> bool:
+    """Whether the languages' output depends on which versions the files belong to (Go's
+    import paths, for files without a go_package), not only on the files."""
+    return any(g.go_import_paths for lang in languages for g in LANGUAGES[lang].generators)
+
+
 def programs_of(languages: Iterable[str]) -> set[str]:
     """The programs the languages run: their generators', and the system's protoc, which
     drives every generator but the bundled ones."""

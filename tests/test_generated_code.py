@@ -419,3 +419,23 @@ def test_languages_without_a_toolchain_here_generate_their_files(
             "Invoice" in (tmp_path / expected).read_text()
             or "Money" in (tmp_path / expected).read_text()
         )
+
+
+def test_go_import_paths_follow_the_version_even_when_two_versions_have_the_same_files(
+    owner: Client, server: ServerThread
+) -> None:
+    """The import path comes from org/module/version, which the files' digest does not
+    hold: a build of one version must not answer another's from the cache."""
+    if not server.server.compiler.toolchain.available("go"):
+        pytest.skip("the server cannot generate go (make generators)")
+    create_org(owner, "acme")
+    create_module(owner, "acme", "plain")
+    proto = 'syntax = "proto3";\npackage plain.v1;\nmessage P { string a = 1; }\n'
+    for version in ("1.0.0", "1.0.1"):
+        push(owner, "acme", "plain", version, {"plain/v1/p.proto": proto})
+        request = pb.CompileVersionRequest(
+            org="acme", module="plain", version=version, languages=["go"]
+        )
+        (file,) = owner.modules.CompileVersion(request).files
+        assert file.path == f"spoke.gen/go/acme/plain/{version}/plain/v1/p.pb.go"
+        assert "package plainv1" in file.content

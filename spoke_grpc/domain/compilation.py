@@ -227,7 +227,8 @@ async def _target(
     label = f"{module.org_name}/{module.name}@{version.version}"
     refuse_unusable(reached, label, "it can no longer be compiled")
     digests = [r.digest for r in reached if r.digest is not None]
-    key = compiler.build_key(version.digest, digests, languages)
+    labels = [label, *(r.label for r in reached)]
+    key = compiler.build_key(version.digest, digests, languages, labels)
     return _Target(module, version, key, reached)
 
 
