@@ -208,7 +208,7 @@ def _generate(
     try:
         files = _read_outputs(tmp / "out", outs)
     except UnsafeOutput as exc:
-        return ProtocOutcome(exit_code=1, timed_out=False, stderr=str(exc))
+        return ProtocOutcome(exit_code=1, timed_out=False, stderr=f"{GENERATION_FAILED}{exc}")
     return ProtocOutcome(
         exit_code=0,
         timed_out=False,
@@ -218,12 +218,14 @@ def _generate(
     )
 
 
+# What a failure of the generators (not of the files' parse) is reported as, to the caller.
+GENERATION_FAILED = "code generation failed: "
+
+
 def _name_plugins(report: str) -> str:
-    """protoc's report, its last line saying who wrote it (a located error is the file's)."""
-    lines = [line for line in report.splitlines() if line.strip()]
-    if lines and ":" not in lines[-1].split(" ", 1)[0]:
-        lines[-1] = f"code generation failed: {lines[-1]}"
-    return "\n".join(lines) or "code generation failed"
+    """The system protoc's report as one line saying that generation, not parsing, failed."""
+    lines = [line.strip() for line in report.splitlines() if line.strip()]
+    return GENERATION_FAILED + ("; ".join(lines)[:1000] or "no message")
 
 
 def _go_mappings(descriptors: Path, origins: dict[str, str]) -> list[str]:

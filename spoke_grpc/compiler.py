@@ -48,6 +48,7 @@ from google.rpc import error_details_pb2
 
 from spoke_grpc import generators
 from spoke_grpc.compile_worker import (
+    GENERATION_FAILED,
     WELL_KNOWN_TYPES,
     PluginRun,
     ProtocJob,
@@ -552,6 +553,8 @@ class Compiler:
         if not found:
             lines = [s.strip() for s in outcome.stderr.splitlines() if s.strip()]
             detail = lines[-1] if lines else f"protoc exited with status {outcome.exit_code}"
+            if detail.startswith(GENERATION_FAILED):  # the plugins', not the files' parse
+                return [FieldViolation("files", detail)]
             return [FieldViolation("files", f"the files do not compile: {detail}")]
         return [violation for *_, violation in sorted(found, key=lambda item: item[:3])]
 

@@ -22,6 +22,7 @@ from spoke.v1 import module_pb2 as pb
 
 from spoke_grpc import generators
 from spoke_grpc.compile_worker import (
+    GENERATION_FAILED,
     MAX_ADDRESS_SPACE,
     PluginRun,
     ProtocJob,
@@ -184,3 +185,27 @@ def test_under_bubblewrap_there_is_no_network_and_only_the_work_directory_is_wri
     shown = set((tmp_path / "root.txt").read_text().split())
     assert shown.isdisjoint({"home", "root", "work", "var", "srv", "opt"})
     assert "usr" in shown
+
+
+@pytest.mark.skipif(PROTOC is None, reason="protoc is not installed (Debian: protobuf-compiler)")
+def test_a_failing_plugin_is_reported_as_generation_failing_with_its_message(
+    tmp_path: Path,
+) -> None:
+    plugin = tmp_path / "protoc-gen-broken"
+    plugin.write_text("#!/bin/sh\necho 'cannot generate this' >&2\nexit 3\n")
+    plugin.chmod(0o755)
+    job = ProtocJob(
+        files=(("ok.proto", 'syntax = "proto3";\npackage ok;\nmessage O {}\n'),),
+        inputs=("ok.proto",),
+        time_limit_seconds=20,
+        descriptor_set=True,
+        source_info=True,
+        protoc=PROTOC,
+        plugins=(PluginRun("broken", str(plugin)),),
+        bwrap=BWRAP,
+        read_only=(str(tmp_path),),
+    )
+    outcome = run_protoc(job)
+    assert (outcome.exit_code, outcome.timed_out) == (1, False)
+    assert outcome.stderr.startswith(GENERATION_FAILED)
+    assert "cannot generate this" in outcome.stderr
