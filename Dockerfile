@@ -1,9 +1,25 @@
 # spoke-grpc: `docker build -t spoke-grpc .` then
 # `docker run -e DATABASE_URL=postgresql://user:pass@db:5432/spoke -p 50051:50051 spoke-grpc`
-FROM python:3.11-slim
+# npm's protoc-gen-es (TypeScript, JavaScript) needs Node.js 20; bookworm packages 18.
+FROM node:20-bookworm-slim AS generators
+ARG PROTOC_GEN_ES_VERSION=2.13.0
+RUN npm install --prefix /app/.generators --no-save --no-package-lock --no-audit --no-fund \
+        @bufbuild/protoc-gen-es@${PROTOC_GEN_ES_VERSION} && rm -rf /root/.npm
+
+FROM python:3.11-slim-bookworm
+
+# CompileVersion's code generators (README "Languages"): Debian's protoc and plugins, and
+# bubblewrap, their sandbox where the container may create namespaces (else they run without).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
+        protobuf-compiler-grpc protobuf-compiler-grpc-java-plugin protoc-gen-go \
+        protoc-gen-go-grpc protobuf-codegen bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=generators /usr/local/bin/node /usr/local/bin/node
 
 RUN useradd --create-home --uid 10001 spoke
 WORKDIR /app
+COPY --from=generators /app/.generators ./.generators
 
 COPY pyproject.toml README.md ./
 COPY spoke_grpc ./spoke_grpc

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,9 @@ def timed(call: Callable[[], Any], calls: int) -> list[float]:
 
 def compile_scenarios(
     channel: grpc.Channel, metadata: list[tuple[str, str]], calls: int
-) -> tuple[Callable[[], Any], list[float]]:
-    """A cached CompileVersion call, and the latencies of first compiles of fresh versions."""
+) -> tuple[Callable[[], Any], list[float], list[float], list[str]]:
+    """A cached CompileVersion call, the latencies of first compiles of fresh versions (with
+    Python code, then with every language this server has), and those languages."""
     orgs = organization_pb2_grpc.OrganizationServiceStub(channel)
     modules = module_pb2_grpc.ModuleServiceStub(channel)
     # Unlimited: the run makes more compile jobs than the small tier's month allows.
@@ -85,7 +86,8 @@ def compile_scenarios(
         for i in range(20)
     )
     fresh = [f"1.0.{i}" for i in range(min(calls, 50) + 1)]
-    for i, version in enumerate(fresh):
+    every = [f"2.0.{i}" for i in range(min(calls, 10))]
+    for i, version in enumerate(fresh + every):
         content = f'syntax = "proto3";\npackage bench.v{i};\n{body}\n'
         modules.CreateVersion(
             module_pb2.CreateVersionRequest(
@@ -97,10 +99,10 @@ def compile_scenarios(
             metadata=metadata,
         )
 
-    def compile_version(version: str) -> Any:
+    def compile_version(version: str, languages: Sequence[str] = ("python",)) -> Any:
         return modules.CompileVersion(
             module_pb2.CompileVersionRequest(
-                org="bench-compile", module="schemas", version=version, languages=["python"]
+                org="bench-compile", module="schemas", version=version, languages=languages
             ),
             metadata=metadata,
         )
@@ -111,7 +113,14 @@ def compile_scenarios(
         start = time.perf_counter()
         compile_version(version)
         uncached.append(time.perf_counter() - start)
-    return (lambda: compile_version(fresh[0])), uncached
+    listed = modules.ListLanguages(module_pb2.ListLanguagesRequest(), metadata=metadata)
+    available = [language.name for language in listed.languages if language.available]
+    all_languages = []
+    for version in every:
+        start = time.perf_counter()
+        compile_version(version, available)
+        all_languages.append(time.perf_counter() - start)
+    return (lambda: compile_version(fresh[0])), uncached, all_languages, available
 
 
 def main() -> int:
@@ -173,9 +182,10 @@ def main() -> int:
             "UpdateOrganization": lambda: orgs.UpdateOrganization(update, metadata=metadata),
         }
         results = {name: timed(call, args.calls) for name, call in scenarios.items()}
-        cached, uncached = compile_scenarios(channel, metadata, args.calls)
+        cached, uncached, every, available = compile_scenarios(channel, metadata, args.calls)
         results["CompileVersion (cached)"] = timed(cached, args.calls)
         results["CompileVersion (protoc)"] = uncached
+        results[f"CompileVersion ({len(available)} langs)"] = every
     finally:
         server.terminate()
         server.wait(30)
@@ -196,7 +206,9 @@ def main() -> int:
         print(f"{name:<26} {p50 * 1e3:8.3f} {p99 * 1e3:8.3f} {p50 / base:15.2f}")
     print(
         f"({args.calls} sequential calls each, after 200 warm-up calls; CompileVersion (protoc):"
-        f" {len(results['CompileVersion (protoc)'])} first compiles, one per version)"
+        f" {len(results['CompileVersion (protoc)'])} first compiles, one per version;"
+        f" CompileVersion ({len(available)} langs): {len(every)} first compiles for"
+        f" {', '.join(available)})"
     )
     return 0
 

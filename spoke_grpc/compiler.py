@@ -46,8 +46,17 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2
 
-from spoke_grpc.compile_worker import WELL_KNOWN_TYPES, ProtocJob, ProtocOutcome, run_protoc
+from spoke_grpc import generators
+from spoke_grpc.compile_worker import (
+    GENERATION_FAILED,
+    WELL_KNOWN_TYPES,
+    PluginRun,
+    ProtocJob,
+    ProtocOutcome,
+    run_protoc,
+)
 from spoke_grpc.errors import FieldViolation, SpokeError
+from spoke_grpc.generators import LANGUAGES, Toolchain
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +68,10 @@ CACHE_BYTES = 128 * 2**20
 # Seconds a caller refused for a busy pool is told to wait.
 BUSY_RETRY_SECONDS = 1
 
-# What each language generates: protoc generators (``--<name>_out``). grpcio-tools' protoc
-# has the Python generators built in (messages, type stubs, and the gRPC plugin); every other
-# generator (cpp, java, csharp, objc, php, ruby, kotlin, rust, upb, …) needs a plugin
-# program it does not ship.
-LANGUAGES: dict[str, tuple[str, ...]] = {"python": ("python", "pyi", "grpc_python")}
-# Bump when what a build produces changes for the same inputs (flags, layout).
-_BUILD_FORMAT = "spoke-build-1"
+# Bump when what a build produces changes for the same inputs (flags, layout). The
+# languages' generators and their options are in spoke_grpc.generators; the versions of the
+# programs a build uses are part of its key.
+_BUILD_FORMAT = "spoke-build-2"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -121,10 +127,12 @@ class Build:
 
 @dataclass(frozen=True)
 class BuildSources:
-    """What a build compiles: the version's files (the inputs) and its dependencies'."""
+    """What a build compiles: the version's files (the inputs) and its dependencies'.
+    ``label`` (``org/module@version``) names the version (Go import paths derive from it)."""
 
     files: Sequence[SourceFile]
     dependencies: Sequence[DependencyFiles]
+    label: str = "local/local@0.0.0"
 
 
 @dataclass(frozen=True)
@@ -187,11 +195,18 @@ def compiler_version() -> str:
     return f"{_BUILD_FORMAT}; grpcio-tools {metadata.version('grpcio-tools')}"
 
 
-def build_key(digest: str, dependency_digests: Iterable[str], languages: Iterable[str]) -> str:
+def build_key(
+    digest: str,
+    dependency_digests: Iterable[str],
+    languages: Iterable[str],
+    programs: Iterable[str] = (),
+) -> str:
     """The cache key of a build: SHA-256 over the version's digest, its dependencies'
-    digests (transitively, as a set), the languages and the compiler version."""
+    digests (transitively, as a set), the languages, the compiler version and the versions
+    of the generator ``programs`` the languages use (``Compiler.build_key`` adds them)."""
     hasher = hashlib.sha256()
     parts = [compiler_version(), digest, *sorted(set(dependency_digests)), "", *sorted(languages)]
+    parts += ["", *sorted(programs)]
     for part in parts:
         data = part.encode()
         hasher.update(len(data).to_bytes(8, "big"))
@@ -260,8 +275,12 @@ class Compiler:
         time_limit_seconds: float = TIME_LIMIT_SECONDS,
         cache_entries: int = CACHE_ENTRIES,
         cache_bytes: int = CACHE_BYTES,
+        generators_path: Sequence[str] | None = None,
+        sandbox: str = "auto",
     ) -> None:
         self.workers = workers
+        self._search_path = tuple(generators_path or generators.search_path())
+        self._sandbox = sandbox
         self.capacity = workers + (2 * workers if queue is None else queue)
         self.time_limit_seconds = time_limit_seconds
         self._executor: ProcessPoolExecutor | None = None
@@ -270,7 +289,29 @@ class Compiler:
         self.in_flight = 0
         self.protoc_runs = 0
 
+    @property
+    def toolchain(self) -> Toolchain:
+        """The generator programs this server has (looked up once per search path)."""
+        return _detect(self._search_path, self._sandbox)
+
+    def build_key(
+        self,
+        digest: str,
+        dependency_digests: Iterable[str],
+        languages: Sequence[str],
+        labels: Iterable[str] = (),
+    ) -> str:
+        """``build_key`` with the versions of the programs ``languages`` use, and, when
+        their output names the versions (Go's import paths), the ``labels``
+        (``org/module@version``) of the version and its dependencies: digests say what the
+        files are, not whose."""
+        programs = self.toolchain.versions(languages)
+        if generators.names_versions(languages):
+            programs = [*programs, "", *sorted(set(labels))]
+        return build_key(digest, dependency_digests, languages, programs)
+
     def start(self) -> None:
+        self.toolchain  # noqa: B018 - looks the programs up now, not on the first compile
         # spawn, not fork: the server process runs grpc threads, which do not survive a fork.
         self._executor = ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
@@ -384,30 +425,64 @@ class Compiler:
         if violations:
             self._release_slot()
             return BuildResult(None, cached=False, violations=tuple(violations))
-        generators = tuple(g for language in languages for g in LANGUAGES[language])
-        language_of = {g: language for language in languages for g in LANGUAGES[language]}
-        job = ProtocJob(
-            files=tuple(tree.items()),
-            # Sorted, so that the descriptor set's order depends on the files alone.
-            inputs=tuple(sorted((f.path for f in sources.files), key=str.encode)),
-            time_limit_seconds=self.time_limit_seconds,
-            descriptor_set=True,
-            source_info=True,
-            generators=generators,
-        )
+        job = self._job(sources, tree, languages)
         outcome = await self._protoc(job)
         if outcome.exit_code != 0:
             problems = self._violations(outcome, sources.files, providers, set(tree))
             return BuildResult(
                 None, cached=False, violations=tuple(problems), timed_out=outcome.timed_out
             )
+        languages_of: dict[str, list[str]] = {}
+        for language in languages:
+            for generator in LANGUAGES[language].generators:
+                languages_of.setdefault(generator.out, []).append(language)
         files = sorted(
-            (GeneratedFile(language_of[g], path, text) for g, path, text in outcome.generated),
+            (
+                GeneratedFile(language, path, text)
+                for out, path, text in outcome.generated
+                for language in languages_of[out]
+            ),
             key=lambda f: (f.language, f.path.encode()),
         )
         build = Build(outcome.descriptor_set, job.inputs, tuple(files))
         self.cache.put(key, build)
         return BuildResult(build, cached=False)
+
+    def _job(
+        self, sources: BuildSources, tree: dict[str, str], languages: Sequence[str]
+    ) -> ProtocJob:
+        """The protoc job of a build: grpcio-tools' generators in-process, the others by the
+        system's protoc and plugins (each generator once), sandboxed."""
+        toolchain = self.toolchain
+        used = [g for language in languages for g in LANGUAGES[language].generators]
+        bundled = tuple(dict.fromkeys(g.out for g in used if g.bundled))
+        runs: dict[str, PluginRun] = {}
+        for generator in used:
+            if generator.bundled or generator.out in runs:
+                continue
+            runs[generator.out] = PluginRun(
+                out=generator.out,
+                plugin=toolchain.program(generator.program).path if generator.plugin else None,
+                options=generator.options,
+                go_import_paths=generator.go_import_paths,
+            )
+        plugin_paths = [r.plugin for r in runs.values() if r.plugin is not None]
+        origins = {f.path: d.label for d in sources.dependencies for f in d.files}
+        origins.update((f.path, sources.label) for f in sources.files)
+        return ProtocJob(
+            files=tuple(tree.items()),
+            # Sorted, so that the descriptor set's order depends on the files alone.
+            inputs=tuple(sorted((f.path for f in sources.files), key=str.encode)),
+            time_limit_seconds=self.time_limit_seconds,
+            descriptor_set=True,
+            source_info=True,
+            generators=bundled,
+            protoc=toolchain.program(generators.PROTOC).path if runs else None,
+            plugins=tuple(runs.values()),
+            origins=tuple(sorted(origins.items())) if runs else (),
+            bwrap=toolchain.bwrap,
+            read_only=generators.visible_directories(plugin_paths),
+        )
 
     async def _protoc(self, job: ProtocJob) -> ProtocOutcome:
         self.protoc_runs += 1
@@ -478,6 +553,8 @@ class Compiler:
         if not found:
             lines = [s.strip() for s in outcome.stderr.splitlines() if s.strip()]
             detail = lines[-1] if lines else f"protoc exited with status {outcome.exit_code}"
+            if detail.startswith(GENERATION_FAILED):  # the plugins', not the files' parse
+                return [FieldViolation("files", detail)]
             return [FieldViolation("files", f"the files do not compile: {detail}")]
         return [violation for *_, violation in sorted(found, key=lambda item: item[:3])]
 
@@ -534,6 +611,11 @@ def _layout(
             )
         tree[file.path] = file.content
     return tree, providers, violations
+
+
+@functools.cache
+def _detect(search_path: tuple[str, ...], sandbox: str) -> Toolchain:
+    return generators.detect(search_path, sandbox=sandbox)
 
 
 @functools.cache

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from spoke_grpc import generators
 from spoke_grpc.tiers import QuotaTier
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -72,6 +73,11 @@ class Settings:
     compile_time_limit_seconds: float = 20.0
     compile_cache_entries: int = 256
     compile_cache_bytes: int = 128 * 2**20
+    # Where the code generators are looked up (None: .generators/node_modules/.bin, then
+    # PATH), and whether protoc's plugins run under bubblewrap: auto (when it works here),
+    # bwrap (required), none (spoke_grpc.generators).
+    generators_path: tuple[str, ...] | None = None
+    compile_sandbox: str = "auto"
     invitation_ttl_hours: float = 168.0
     smtp_url: str | None = None
     email_from: str = "spoke@localhost"
@@ -158,6 +164,10 @@ class Settings:
                 "SPOKE_DIRECT_DATABASE_URL is set but DATABASE_URL is not: set DATABASE_URL"
                 " (e.g. the pgbouncer address) too, or unset both for the embedded PostgreSQL"
             )
+        sandbox = (env.get("SPOKE_COMPILE_SANDBOX") or defaults.compile_sandbox).strip().lower()
+        if sandbox not in {"auto", "bwrap", "none"}:
+            raise ConfigError(f"SPOKE_COMPILE_SANDBOX must be auto, bwrap or none, got {sandbox!r}")
+        generators_path = env.get("SPOKE_GENERATORS_PATH")
         startup_raw = env.get("SPOKE_STARTUP_OPTIONS") or "true"
         startup_options = _BOOLEANS.get(startup_raw.strip().lower())
         if startup_options is None:
@@ -204,6 +214,8 @@ class Settings:
             compile_cache_bytes=int(
                 number("SPOKE_COMPILE_CACHE_BYTES", defaults.compile_cache_bytes)
             ),
+            generators_path=(generators.search_path(generators_path) if generators_path else None),
+            compile_sandbox=sandbox,
             invitation_ttl_hours=number(
                 "SPOKE_INVITATION_TTL_HOURS", defaults.invitation_ttl_hours, minimum=0.001
             ),

@@ -152,6 +152,8 @@ class SpokeServer:
             time_limit_seconds=self.settings.compile_time_limit_seconds,
             cache_entries=self.settings.compile_cache_entries,
             cache_bytes=self.settings.compile_cache_bytes,
+            generators_path=self.settings.generators_path,
+            sandbox=self.settings.compile_sandbox,
         )
         # Made here so that a bad SMTP URL fails before anything starts.
         self.mailer = (

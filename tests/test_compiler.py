@@ -132,3 +132,25 @@ def test_a_timed_out_compile_is_reported_as_such() -> None:
 def test_compile_needs_a_started_compiler() -> None:
     with pytest.raises(RuntimeError, match="not started"):
         asyncio.run(Compiler(1).check([SourceFile("a.proto", GOOD)], []))
+
+
+def test_the_build_key_holds_the_versions_of_the_generators_a_build_uses(tmp_path: Path) -> None:
+    """An upgraded plugin is a cache miss for its languages, and for them only."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    plugin = fake / "protoc-gen-go"
+    plugin.write_text("#!/bin/sh\n")
+    plugin.chmod(0o755)
+    bare, other = (
+        Compiler(1, generators_path=[str(empty)]),
+        Compiler(1, generators_path=[str(fake)]),
+    )
+    assert bare.toolchain.missing("go") == ["protoc", "protoc-gen-go", "protoc-gen-go-grpc"]
+    assert other.toolchain.missing("go") == ["protoc", "protoc-gen-go-grpc"]
+    assert bare.build_key("d", ["e"], ["python"]) == other.build_key("d", ["e"], ["python"])
+    assert bare.build_key("d", ["e"], ["go"]) != other.build_key("d", ["e"], ["go"])
+    plugin.write_text("#!/bin/sh\n# another build\n")
+    again = Compiler(1, generators_path=[str(fake), str(empty)])
+    assert again.build_key("d", ["e"], ["go"]) != other.build_key("d", ["e"], ["go"])

@@ -47,6 +47,7 @@ def test_environment_overrides() -> None:
         ),
         pytest.param({"SPOKE_SHUTDOWN_GRACE": "-1"}, "SPOKE_SHUTDOWN_GRACE", id="negative"),
         pytest.param({"SPOKE_AUTO_MIGRATE": "perhaps"}, "SPOKE_AUTO_MIGRATE", id="bool"),
+        pytest.param({"SPOKE_COMPILE_SANDBOX": "jail"}, "SPOKE_COMPILE_SANDBOX", id="sandbox"),
     ],
 )
 def test_bad_settings_say_which_variable(env: dict[str, str], fragment: str) -> None:

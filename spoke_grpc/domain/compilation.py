@@ -26,7 +26,6 @@ from google.rpc import error_details_pb2
 from psycopg import AsyncConnection
 
 from spoke_grpc.compiler import (
-    LANGUAGES,
     Build,
     BuildResult,
     BuildSources,
@@ -34,7 +33,6 @@ from spoke_grpc.compiler import (
     CompileTimeLimitExceeded,
     DependencyFiles,
     SourceFile,
-    build_key,
 )
 from spoke_grpc.database import RollbackHook
 from spoke_grpc.domain import compatibility, quotas
@@ -46,6 +44,7 @@ from spoke_grpc.errors import (
     PreconditionViolation,
     shorten,
 )
+from spoke_grpc.generators import LANGUAGES, Toolchain
 from spoke_grpc.store import audit, compile_jobs
 from spoke_grpc.store import versions as version_store
 from spoke_grpc.store.compile_jobs import CompileJob
@@ -119,14 +118,30 @@ class BreakingChanges(FailedPrecondition):
         return [packed]
 
 
-def parse_languages(values: Sequence[str]) -> tuple[str, ...]:
-    """The requested languages, sorted, each once; INVALID_ARGUMENT for an unknown one."""
+def parse_languages(values: Sequence[str], toolchain: Toolchain) -> tuple[str, ...]:
+    """The requested languages, sorted, each once. INVALID_ARGUMENT for an unknown one
+    (naming every language), FAILED_PRECONDITION (LANGUAGE_UNAVAILABLE) for one whose
+    generator programs this server lacks (naming them)."""
     supported = ", ".join(sorted(LANGUAGES))
     for i, value in enumerate(values):
         if value not in LANGUAGES:
             raise InvalidArgument.field(
                 f"languages[{i}]",
                 f"{shorten(value, 40)!r} is not a supported language; supported: {supported}",
+            )
+    for value in sorted(set(values)):
+        missing = toolchain.missing(value)
+        if missing:
+            available = ", ".join(n for n in sorted(LANGUAGES) if toolchain.available(n))
+            raise FailedPrecondition(
+                PreconditionViolation(
+                    type="LANGUAGE_UNAVAILABLE",
+                    subject=value,
+                    description=(
+                        f"this server cannot generate {value}: {', '.join(missing)} not"
+                        f" installed (ListLanguages shows what is); available: {available}"
+                    ),
+                )
             )
     return tuple(sorted(set(values)))
 
@@ -186,6 +201,7 @@ async def _target(
     version: Version,
     languages: Sequence[str],
     reader: Reader,
+    compiler: Compiler,
 ) -> _Target:
     """What building ``version`` for ``reader`` takes: refused when the closure reaches a
     version the reader may not read, so the key (and so a cache hit) is only ever one of a
@@ -211,7 +227,9 @@ async def _target(
     label = f"{module.org_name}/{module.name}@{version.version}"
     refuse_unusable(reached, label, "it can no longer be compiled")
     digests = [r.digest for r in reached if r.digest is not None]
-    return _Target(module, version, build_key(version.digest, digests, languages), reached)
+    labels = [label, *(r.label for r in reached)]
+    key = compiler.build_key(version.digest, digests, languages, labels)
+    return _Target(module, version, key, reached)
 
 
 async def _sources(conn: AsyncConnection, target: _Target) -> BuildSources:
@@ -227,6 +245,7 @@ async def _sources(conn: AsyncConnection, target: _Target) -> BuildSources:
             )
             for r in target.reached
         ],
+        label=target.label,
     )
 
 
@@ -277,7 +296,7 @@ async def compile_version(
     """The version's descriptors and generated code: one compile job of the organization.
     ``languages`` as ``parse_languages`` returned them."""
     wanted = tuple(languages)
-    target = await _target(conn, module, version, wanted, Reader.of(principal))
+    target = await _target(conn, module, version, wanted, Reader.of(principal), compiler)
     job = CompileJob(
         org_id=org.id,
         kind="compile",
@@ -364,7 +383,7 @@ async def check_compatibility(
     builds: list[Build] = []
     try:
         for stored in (against, version):
-            target = await _target(conn, module, stored, (), Reader.of(principal))
+            target = await _target(conn, module, stored, (), Reader.of(principal), compiler)
 
             async def load(target: _Target = target) -> BuildSources:
                 await quotas.check_compile_job(conn, org)
@@ -416,7 +435,7 @@ async def refuse_breaking_changes(
     highest = await version_store.get_version(conn, org.id, module.id, version_id=highest_id)
     if highest is None:
         return
-    target = await _target(conn, module, highest, (), reader)
+    target = await _target(conn, module, highest, (), reader, compiler)
 
     async def load() -> BuildSources:
         return await _sources(conn, target)

@@ -21,6 +21,7 @@ from spoke_grpc.domain import compilation, dependency_graph
 from spoke_grpc.domain import modules as domain
 from spoke_grpc.domain.modules import BreakingChangePolicy
 from spoke_grpc.errors import InvalidArgument
+from spoke_grpc.generators import LANGUAGES
 from spoke_grpc.servicers.convert import mask_paths, timestamp
 from spoke_grpc.store import modules as store
 from spoke_grpc.store import versions as version_store
@@ -290,7 +291,8 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> module_pb2.CompileVersionResponse:
         call = current_call()
         org = call.require_org()
-        languages = compilation.parse_languages(request.languages)  # before any database work
+        # Before any database work.
+        languages = compilation.parse_languages(request.languages, self._app.compiler.toolchain)
         module, version, _ = await domain.find_version(
             await call.connection(),
             org,
@@ -404,6 +406,36 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 "public_modules", scope, rows, page, lambda r: [r.name, r.org_name]
             ),
         )
+
+    async def ListLanguages(
+        self, request: module_pb2.ListLanguagesRequest, context: aio.ServicerContext
+    ) -> module_pb2.ListLanguagesResponse:
+        toolchain = self._app.compiler.toolchain
+        languages = []
+        for name in sorted(LANGUAGES):
+            language = LANGUAGES[name]
+            generators = []
+            for generator in language.generators:
+                program = toolchain.program(generator.program)
+                generators.append(
+                    module_pb2.LanguageGenerator(
+                        name=generator.out,
+                        program=generator.program,
+                        version=program.version if program.path else "",
+                        options=generator.options,
+                        installed=program.path is not None,
+                    )
+                )
+            languages.append(
+                module_pb2.Language(
+                    name=name,
+                    generators=generators,
+                    grpc_stubs=language.grpc_stubs,
+                    available=toolchain.available(name),
+                    description=language.note,
+                )
+            )
+        return module_pb2.ListLanguagesResponse(languages=languages)
 
 
 def _unit(call: CallContext) -> UnitOfWork:

@@ -201,7 +201,8 @@ def test_unknown_languages_are_invalid_and_name_the_supported_ones(
     error = failure(lambda: billing.compile("python", "cobol"))
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
     assert error.field_violations == {
-        "languages[1]": "'cobol' is not a supported language; supported: python"
+        "languages[1]": "'cobol' is not a supported language; supported: cpp, csharp, go, java,"
+        " javascript, kotlin, objc, php, python, ruby, rust, typescript"
     }
     assert job_rows(db) == []
     assert compile_jobs_used(acme, "acme") == 0
@@ -481,6 +482,12 @@ def test_compile_settings_come_from_the_environment() -> None:
         settings.compile_cache_bytes,
     ) == (3, 0, 2.5, 10, 2**20)
     assert Compiler(2).capacity == 6 and Compiler(3, queue=0).capacity == 3
+    assert (settings.generators_path, settings.compile_sandbox) == (None, "auto")
+    located = Settings.from_env(
+        {"SPOKE_GENERATORS_PATH": "/opt/gen:tools", "SPOKE_COMPILE_SANDBOX": "None"}
+    )
+    assert located.generators_path == ("/opt/gen", str(Path("tools").resolve()))
+    assert located.compile_sandbox == "none"
 
 
 # --- The compile-job quota -------------------------------------------------------------------

@@ -364,3 +364,41 @@ class ListPublicModulesResponse(_message.Message):
     modules: _containers.RepeatedCompositeFieldContainer[Module]
     next_page_token: str
     def __init__(self, modules: _Optional[_Iterable[_Union[Module, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class LanguageGenerator(_message.Message):
+    __slots__ = ("name", "program", "version", "options", "installed")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    program: str
+    version: str
+    options: _containers.RepeatedScalarFieldContainer[str]
+    installed: bool
+    def __init__(self, name: _Optional[str] = ..., program: _Optional[str] = ..., version: _Optional[str] = ..., options: _Optional[_Iterable[str]] = ..., installed: _Optional[bool] = ...) -> None: ...
+
+class Language(_message.Message):
+    __slots__ = ("name", "generators", "grpc_stubs", "available", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GENERATORS_FIELD_NUMBER: _ClassVar[int]
+    GRPC_STUBS_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    generators: _containers.RepeatedCompositeFieldContainer[LanguageGenerator]
+    grpc_stubs: bool
+    available: bool
+    description: str
+    def __init__(self, name: _Optional[str] = ..., generators: _Optional[_Iterable[_Union[LanguageGenerator, _Mapping]]] = ..., grpc_stubs: _Optional[bool] = ..., available: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
+
+class ListLanguagesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListLanguagesResponse(_message.Message):
+    __slots__ = ("languages",)
+    LANGUAGES_FIELD_NUMBER: _ClassVar[int]
+    languages: _containers.RepeatedCompositeFieldContainer[Language]
+    def __init__(self, languages: _Optional[_Iterable[_Union[Language, _Mapping]]] = ...) -> None: ...

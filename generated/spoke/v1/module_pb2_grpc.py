@@ -106,6 +106,11 @@ class ModuleServiceStub:
                 request_serializer=spoke_dot_v1_dot_module__pb2.ListPublicModulesRequest.SerializeToString,
                 response_deserializer=spoke_dot_v1_dot_module__pb2.ListPublicModulesResponse.FromString,
                 _registered_method=True)
+        self.ListLanguages = channel.unary_unary(
+                '/spoke.v1.ModuleService/ListLanguages',
+                request_serializer=spoke_dot_v1_dot_module__pb2.ListLanguagesRequest.SerializeToString,
+                response_deserializer=spoke_dot_v1_dot_module__pb2.ListLanguagesResponse.FromString,
+                _registered_method=True)
 
 
 class ModuleServiceServicer:
@@ -239,6 +244,17 @@ class ModuleServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLanguages(self, request, context):
+        """Lists the languages CompileVersion accepts, by name: for each, the
+        generators this server runs (with their versions and the options it
+        passes them), whether they include gRPC stubs, and whether the language is
+        available here (every program it needs is installed). Any caller with a
+        token; it reads no organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModuleServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -301,6 +317,11 @@ def add_ModuleServiceServicer_to_server(servicer, server):
                     servicer.ListPublicModules,
                     request_deserializer=spoke_dot_v1_dot_module__pb2.ListPublicModulesRequest.FromString,
                     response_serializer=spoke_dot_v1_dot_module__pb2.ListPublicModulesResponse.SerializeToString,
+            ),
+            'ListLanguages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLanguages,
+                    request_deserializer=spoke_dot_v1_dot_module__pb2.ListLanguagesRequest.FromString,
+                    response_serializer=spoke_dot_v1_dot_module__pb2.ListLanguagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -639,6 +660,33 @@ class ModuleService:
             '/spoke.v1.ModuleService/ListPublicModules',
             spoke_dot_v1_dot_module__pb2.ListPublicModulesRequest.SerializeToString,
             spoke_dot_v1_dot_module__pb2.ListPublicModulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLanguages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spoke.v1.ModuleService/ListLanguages',
+            spoke_dot_v1_dot_module__pb2.ListLanguagesRequest.SerializeToString,
+            spoke_dot_v1_dot_module__pb2.ListLanguagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
