@@ -15,11 +15,14 @@ Staleness is bounded:
   the org names); a miss notes the generation when it starts and its ``put`` is dropped when
   anything its answer depends on was invalidated since. ``clear()`` drops every miss in
   flight the same way.
-- The listener pings itself through the channel every ``PING_SECONDS``; while its last ping
-  is older than ``MAX_SILENCE_SECONDS`` (not yet started, stuck) or its connection is known
-  lost, the cache is off: nothing is served from it or stored in it, and it is emptied, so a
-  lost listener can never serve stale entries. Entries also expire after ``TTL_SECONDS``
-  whatever happens.
+- The listener pings itself every ``PING_SECONDS`` on a channel of its own
+  (``spoke_cache_ping_<hex>``, which it alone listens on), so a listener hears its own pings
+  and the invalidations, never the other replicas' pings: what each listener receives does
+  not grow with the number of replicas (``benchmarks/listener_fanout.py`` measures it).
+  While its last ping is older than ``MAX_SILENCE_SECONDS`` (not yet started, stuck) or its
+  connection is known lost, the cache is off: nothing is served from it or stored in it,
+  and it is emptied, so a lost listener can never serve stale entries. Entries also expire
+  after ``TTL_SECONDS`` whatever happens.
 - A write made through this process drops the entries of its org and of its caller as it
   commits, before the response: this process sees its own security-relevant changes at once.
 
@@ -55,6 +58,7 @@ from spoke_grpc.store.access import Resolved
 log = logging.getLogger(__name__)
 
 CHANNEL = "spoke_cache"
+PING_CHANNEL_PREFIX = "spoke_cache_ping_"
 PING_SECONDS = 0.25
 MAX_SILENCE_SECONDS = 1.0
 TTL_SECONDS = 60.0
@@ -254,10 +258,12 @@ class CacheListener:
         self._cache = cache
         self._url = database_url
         self._settings = settings
-        self._ping = f"ping:{uuid.uuid4()}"
+        # A channel of this listener's own: its pings reach nobody else.
+        self.ping_channel = PING_CHANNEL_PREFIX + uuid.uuid4().hex
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
-        # Test seam: called with every payload heard (others' pings too), after acting on it.
+        # Test seam: called with every payload heard (its own pings, "ping", too), after
+        # acting on it.
         self.heard: Callable[[str], None] | None = None
 
     def start(self) -> None:
@@ -284,15 +290,17 @@ class CacheListener:
             self._url, self._settings, autocommit=True, application_name="spoke-grpc-cache"
         )
         async with conn:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+            for channel in (CHANNEL, self.ping_channel):
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             self._cache.clear()  # whatever happened while nobody listened is unknown
             while True:
                 # A stuck connection ends here (TimeoutError) and is replaced.
                 async with asyncio.timeout(MAX_SILENCE_SECONDS * 2):
-                    await conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, self._ping])
+                    await conn.execute("SELECT pg_notify(%s, 'ping')", [self.ping_channel])
                     async for notify in conn.notifies(timeout=PING_SECONDS):
-                        if notify.payload == self._ping:
+                        if notify.channel == self.ping_channel:
                             self._cache.pinged()
+                        # Markers ("ping:…") on the shared channel: tests, older servers.
                         elif not notify.payload.startswith("ping:"):
                             self._cache.apply(notify.payload)
                         if self.heard is not None:
