@@ -23,23 +23,11 @@ from pathlib import Path
 from spoke.v1 import module_pb2, module_pb2_grpc, organization_pb2
 
 from benchmarks import loadgen
+from benchmarks.throughput import PULL_FILES, pull_file
 from spoke_grpc import logs, migrations
 from spoke_grpc.bootstrap import ensure_bootstrap_admin
 from spoke_grpc.config import REPO_ROOT, Settings
 from tests import harness
-
-FILES = 10
-FILE_BYTES = 2048
-
-
-def _file(i: int) -> str:
-    """A file of about FILE_BYTES: one message with as many fields as fit."""
-    lines = [f'syntax = "proto3";\npackage pull.v1;\nmessage M{i} {{\n']
-    n = 0
-    while sum(map(len, lines)) < FILE_BYTES - 40:
-        n += 1
-        lines.append(f"  string field_{i}_{n:03d} = {n};\n")
-    return "".join(lines) + "}\n"
 
 
 def main() -> int:
@@ -78,8 +66,8 @@ def main() -> int:
                     module="pull",
                     version="1.0.0",
                     files=[
-                        module_pb2.ProtoFile(path=f"pull/f{i}.proto", content=_file(i))
-                        for i in range(FILES)
+                        module_pb2.ProtoFile(path=f"pull/f{i}.proto", content=pull_file(i))
+                        for i in range(PULL_FILES)
                     ],
                 ),
                 metadata=metadata,
