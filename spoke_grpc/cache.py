@@ -45,8 +45,9 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from psycopg import sql
 
@@ -251,11 +252,29 @@ class AccessCache:
                 keys.discard(key)
 
 
-class CacheListener:
-    """Listens on ``spoke_cache`` on a connection of its own and keeps the cache honest."""
+class Listening(Protocol):
+    """A cache the listener keeps honest: the access cache, and others that follow the same
+    notifications (``spoke_grpc.response_cache``)."""
 
-    def __init__(self, cache: AccessCache, database_url: str, settings: Settings) -> None:
-        self._cache = cache
+    def apply(self, payload: str) -> None: ...
+    def pinged(self) -> None: ...
+    def silenced(self) -> None: ...
+    def clear(self) -> None: ...
+
+
+class CacheListener:
+    """Listens on ``spoke_cache`` on a connection of its own and keeps the caches honest:
+    ``cache`` and ``followers``, which hear the same notifications and pings."""
+
+    def __init__(
+        self,
+        cache: AccessCache,
+        database_url: str,
+        settings: Settings,
+        *,
+        followers: Sequence[Listening] = (),
+    ) -> None:
+        self._caches: tuple[Listening, ...] = (cache, *followers)
         self._url = database_url
         self._settings = settings
         # A channel of this listener's own: its pings reach nobody else.
@@ -281,7 +300,8 @@ class CacheListener:
                 raise
             except Exception as exc:
                 log.warning("cache listener lost its connection (%s); cache off until back", exc)
-            self._cache.silenced()
+            for cache in self._caches:
+                cache.silenced()
             self.reconnects += 1
             await asyncio.sleep(PING_SECONDS)
 
@@ -292,16 +312,19 @@ class CacheListener:
         async with conn:
             for channel in (CHANNEL, self.ping_channel):
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-            self._cache.clear()  # whatever happened while nobody listened is unknown
+            for cache in self._caches:  # whatever happened while nobody listened is unknown
+                cache.clear()
             while True:
                 # A stuck connection ends here (TimeoutError) and is replaced.
                 async with asyncio.timeout(MAX_SILENCE_SECONDS * 2):
                     await conn.execute("SELECT pg_notify(%s, 'ping')", [self.ping_channel])
                     async for notify in conn.notifies(timeout=PING_SECONDS):
                         if notify.channel == self.ping_channel:
-                            self._cache.pinged()
+                            for cache in self._caches:
+                                cache.pinged()
                         # Markers ("ping:…") on the shared channel: tests, older servers.
                         elif not notify.payload.startswith("ping:"):
-                            self._cache.apply(notify.payload)
+                            for cache in self._caches:
+                                cache.apply(notify.payload)
                         if self.heard is not None:
                             self.heard(notify.payload)

@@ -72,6 +72,8 @@ class Settings:
     compile_time_limit_seconds: float = 20.0
     compile_cache_entries: int = 256
     compile_cache_bytes: int = 128 * 2**20
+    # The serialized pulls kept per process (spoke_grpc.response_cache); 0: off.
+    response_cache_bytes: int = 64 * 2**20
     invitation_ttl_hours: float = 168.0
     smtp_url: str | None = None
     email_from: str = "spoke@localhost"
@@ -203,6 +205,9 @@ class Settings:
             ),
             compile_cache_bytes=int(
                 number("SPOKE_COMPILE_CACHE_BYTES", defaults.compile_cache_bytes)
+            ),
+            response_cache_bytes=int(
+                number("SPOKE_RESPONSE_CACHE_BYTES", defaults.response_cache_bytes)
             ),
             invitation_ttl_hours=number(
                 "SPOKE_INVITATION_TTL_HOURS", defaults.invitation_ttl_hours, minimum=0.001
