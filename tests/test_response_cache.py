@@ -67,8 +67,11 @@ def test_repeated_pulls_run_no_statement(
         org="pulled", module="api", version="1.0.0", languages=["python"]
     )
     first = owner.modules.CompileVersion(compile_request)
+    hits = server.server.responses.hits
     again = owner.modules.CompileVersion(compile_request)
     assert again == first and "api/a.proto" in files_of(again.descriptor_set)
+    # Served whole: the first compile's own commit (a job) did not drop what it kept.
+    assert server.server.responses.hits == hits + 1
     jobs = db.execute(
         "SELECT outcome FROM compile_jobs j JOIN organizations o ON o.id = j.org_id"
         " WHERE o.name = 'pulled' ORDER BY j.created_at"
