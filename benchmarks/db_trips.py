@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from spoke.v1 import organization_pb2, organization_pb2_grpc, user_pb2, user_pb2_grpc
+from spoke.v1 import (
+    module_pb2,
+    module_pb2_grpc,
+    organization_pb2,
+    organization_pb2_grpc,
+    user_pb2,
+    user_pb2_grpc,
+)
 
 from spoke_grpc import migrations
 from spoke_grpc.bootstrap import ensure_bootstrap_admin
@@ -154,6 +161,24 @@ def main() -> int:
             orgs.CreateOrganization(
                 organization_pb2.CreateOrganizationRequest(name="trips"), metadata=metadata
             )
+            modules = module_pb2_grpc.ModuleServiceStub(channel)
+            modules.CreateModule(
+                module_pb2.CreateModuleRequest(org="trips", name="api"), metadata=metadata
+            )
+            modules.CreateVersion(
+                module_pb2.CreateVersionRequest(
+                    org="trips",
+                    module="api",
+                    version="1.0.0",
+                    files=[
+                        module_pb2.ProtoFile(
+                            path="api/a.proto",
+                            content='syntax = "proto3";\npackage api.v1;\nmessage A {}\n',
+                        )
+                    ],
+                ),
+                metadata=metadata,
+            )
             counter = iter(range(10**9))
             calls = {
                 "GetOrganization": lambda: orgs.GetOrganization(
@@ -161,6 +186,10 @@ def main() -> int:
                 ),
                 "GetCurrentUser": lambda: users.GetCurrentUser(
                     user_pb2.GetCurrentUserRequest(), metadata=metadata
+                ),
+                "GetVersion": lambda: modules.GetVersion(
+                    module_pb2.GetVersionRequest(org="trips", module="api", version="1.0.0"),
+                    metadata=metadata,
                 ),
                 "CreateOrganization": lambda: orgs.CreateOrganization(
                     organization_pb2.CreateOrganizationRequest(name=f"trips-{next(counter)}"),

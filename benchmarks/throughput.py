@@ -14,6 +14,13 @@ the machine's two cores than the Python client processes do. Figures go to
 ``bench/results/<time>.json`` too. Then the server's RSS after 10,000 and after 100,000
 calls, to show it does not grow per call.
 
+The pull rows (h2load, 1 and 2 workers): ``GetVersion`` of a version of 10 files of about
+2 KB each, and ``CompileVersion`` of it cached, for each language the compiler has (and
+descriptors only), each against the echo server answering with as many bytes as its
+response holds: ``echo-20k`` for ``GetVersion`` (``ratio GetVersion/echo-20k = x``). The
+service runs as a user starts it: default log settings (INFO, text access lines, one per
+call), written to a file.
+
 ``make bench`` runs it whole (under 10 minutes on 2 cores); ``make bench-quick`` runs a
 smaller version (under a minute). DATABASE_URL if set, else an embedded PostgreSQL.
 """
@@ -46,8 +53,11 @@ from spoke.v1 import module_pb2, organization_pb2, quota_pb2, user_pb2
 from benchmarks import h2load, loadgen
 from benchmarks.db_trips import CountingProxy
 from benchmarks.echo_server import METHOD as ECHO_METHOD
+from benchmarks.echo_server import SIZED_METHOD
 from spoke_grpc import migrations, tokens
+from spoke_grpc.compiler import LANGUAGES
 from spoke_grpc.config import REPO_ROOT, Settings
+from spoke_grpc.domain.modules import digest
 from spoke_grpc.server import SpokeServer
 from tests import harness
 
@@ -57,6 +67,20 @@ PROTO = (
     'syntax = "proto3";\npackage bench.v{n};\n'
     "message M{i} {{\n  string id = 1;\n  int64 at = 2;\n}}\n"
 )
+
+
+PULL_FILES = 10
+PULL_FILE_BYTES = 2048
+
+
+def pull_file(i: int, size: int = PULL_FILE_BYTES) -> str:
+    """A proto file of about ``size`` bytes: one message with as many fields as fit."""
+    lines = [f'syntax = "proto3";\npackage pull.v1;\nmessage Pulled{i} {{\n']
+    n = 0
+    while sum(map(len, lines)) < size - 40:
+        n += 1
+        lines.append(f"  string field_{i}_{n:03d} = {n};\n")
+    return "".join(lines) + "}\n"
 
 
 # What a row's calls may answer: OK, or refused because the server is busy (a full compile
@@ -94,6 +118,7 @@ class Row:
     codes: dict[str, int]
     refused: float = 0.0  # the share of calls that did not answer OK
     client: str = "python"  # the load generator: "python" (loadgen) or "h2load"
+    baseline: str = "echo"  # the echo row its ratio is taken against
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -168,10 +193,65 @@ def seed(url: str, scale: Scale) -> Dataset:
             " 'syntax = \"proto3\";' || chr(10) || 'package bench;' || chr(10), 34"
             " FROM module_versions"
         )
+        seed_pull(conn)
         conn.execute("ANALYZE")
     return Dataset(
         orgs=[f"org-{i}" for i in range(1, scale.orgs + 1)], tokens=[t.value for t in issued]
     )
+
+
+def seed_pull(conn: psycopg.Connection[Any]) -> None:
+    """org-1's module ``pulls``, version 1.0.0: PULL_FILES files of about 2 KB each."""
+    files = [(f"pull/f{i}.proto", pull_file(i)) for i in range(PULL_FILES)]
+    size = sum(len(content.encode()) for _, content in files)
+    row = conn.execute(
+        "WITH m AS (INSERT INTO modules (org_id, name, created_by, description)"
+        " SELECT id, 'pulls', owner_id, 'Pulled' FROM organizations WHERE name = 'org-1'"
+        " RETURNING org_id, id, created_by)"
+        " INSERT INTO module_versions (org_id, module_id, version, size_bytes, created_by, digest)"
+        " SELECT org_id, id, '1.0.0', %s, created_by, %s FROM m RETURNING org_id, id",
+        [size, digest(files)],
+    ).fetchone()
+    assert row is not None
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO version_files (org_id, version_id, path, content, size_bytes)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            [(row[0], row[1], path, content, len(content.encode())) for path, content in files],
+        )
+
+
+def pull_scenarios(data: Dataset) -> dict[str, tuple[str, list[loadgen.Call]]]:
+    """The pull rows: GetVersion of the seeded version, and its cached compiles."""
+    org, token = data.orgs[0], data.tokens[0]
+    rows = {
+        "GetVersion": (
+            "/spoke.v1.ModuleService/GetVersion",
+            [
+                (
+                    module_pb2.GetVersionRequest(
+                        org=org, module="pulls", version="1.0.0"
+                    ).SerializeToString(),
+                    token,
+                )
+            ],
+        )
+    }
+    languages = [[language] for language in sorted(LANGUAGES)] + [[]]
+    for wanted in languages:
+        label = ", ".join(wanted) or "descriptors"
+        rows[f"CompileVersion (cached, {label})"] = (
+            "/spoke.v1.ModuleService/CompileVersion",
+            [
+                (
+                    module_pb2.CompileVersionRequest(
+                        org=org, module="pulls", version="1.0.0", languages=wanted
+                    ).SerializeToString(),
+                    token,
+                )
+            ],
+        )
+    return rows
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -193,16 +273,20 @@ def start_service(url: str, workers: int, data_dir: Path) -> tuple[subprocess.Po
         **{k: v for k, v in os.environ.items() if not k.startswith("SPOKE_")},
         "DATABASE_URL": url,
         "SPOKE_DATA_DIR": str(data_dir),
-        "SPOKE_LOG_LEVEL": "WARNING",
         "SPOKE_POOL_MAX_SIZE": "10",
         "SPOKE_METRICS_LISTEN": metrics,
     }
+    # Default log settings, as users run it: an access line per call, written to a file.
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = (data_dir / "serve.log").open("w")
     process = subprocess.Popen(
         [SPOKE, "serve", "--workers", str(workers), "--listen", f"127.0.0.1:{port}"],
         env=env,
         stdout=subprocess.PIPE,
+        stderr=log,
         text=True,
     )
+    log.close()  # the child has its own descriptor
     assert process.stdout is not None
     while True:
         line = process.stdout.readline()
@@ -393,7 +477,15 @@ def main() -> int:
                 rows.append(row)
             if h2load.binary() is not None:
                 rows += measure_reads_with_h2load(
-                    chosen, address, metrics, echo_address, echo.pid, service.pid, workers, scale
+                    chosen,
+                    pull_scenarios(data),
+                    address,
+                    metrics,
+                    echo_address,
+                    echo.pid,
+                    service.pid,
+                    workers,
+                    scale,
                 )
             if workers == 1:
                 memory = measure_memory(address, chosen["GetOrganization"][1], worker, scale)
@@ -418,6 +510,7 @@ H2LOAD_ROWS = ("GetOrganization", "GetCurrentUser", "ListModules", "GetUsage")
 
 def measure_reads_with_h2load(
     chosen: dict[str, tuple[str, list[loadgen.Call]]],
+    pulls: dict[str, tuple[str, list[loadgen.Call]]],
     address: str,
     metrics: str,
     echo_address: str,
@@ -426,7 +519,8 @@ def measure_reads_with_h2load(
     workers: int,
     scale: Scale,
 ) -> list[Row]:
-    """The read rows again, driven by h2load, with an echo baseline of its own."""
+    """The read rows again, driven by h2load, with an echo baseline of its own; then the
+    pull rows."""
     echo_call = (b"\x0a\x05org-1", "")
     baseline = measure_h2load(
         "echo", echo_address, ECHO_METHOD, echo_call, scale, echo_pid, workers, None
@@ -437,7 +531,57 @@ def measure_reads_with_h2load(
         row = measure_h2load(name, address, method, calls[0], scale, service_pid, workers, metrics)
         row.ratio = row.calls_per_second / baseline.calls_per_second
         rows.append(row)
+    return rows + measure_pulls(
+        pulls, address, metrics, echo_address, echo_pid, service_pid, workers, scale
+    )
+
+
+def measure_pulls(
+    pulls: dict[str, tuple[str, list[loadgen.Call]]],
+    address: str,
+    metrics: str,
+    echo_address: str,
+    echo_pid: int,
+    service_pid: int,
+    workers: int,
+    scale: Scale,
+) -> list[Row]:
+    """The pull rows under h2load, each against an echo row answering as many bytes as it
+    does (``echo-20k`` for GetVersion's 20 KB)."""
+    rows: list[Row] = []
+    baselines: dict[int, Row] = {}
+    for name, (method, calls) in pulls.items():
+        # Once before: the first compile runs protoc; the row measures the answers kept.
+        size = response_size(address, method, calls[0])
+        kib = round(size / 1024)
+        baseline = baselines.get(kib)
+        if baseline is None:
+            baseline = baselines[kib] = measure_h2load(
+                f"echo-{kib}k",
+                echo_address,
+                SIZED_METHOD,
+                (str(size).encode(), ""),
+                scale,
+                echo_pid,
+                workers,
+                None,
+            )
+            rows.append(baseline)
+        print(f"{name}: {size} bytes a response", file=sys.stderr)
+        row = measure_h2load(name, address, method, calls[0], scale, service_pid, workers, metrics)
+        row.ratio = row.calls_per_second / baseline.calls_per_second
+        row.baseline = baseline.rpc
+        rows.append(row)
     return rows
+
+
+def response_size(address: str, method: str, call: loadgen.Call) -> int:
+    """The size of the response to one call (which must succeed)."""
+    body, token = call
+    with grpc.insecure_channel(address) as channel:
+        stub = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        response = stub(body, metadata=(("authorization", f"Bearer {token}"),), timeout=120)
+    return len(response)
 
 
 def supported(address: str, method: str, call: loadgen.Call) -> bool:
@@ -591,7 +735,8 @@ def count_statements(url: str, data: Dataset, stamp: str) -> dict[str, float]:
     counted: dict[str, float] = {}
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            for name, (method, calls) in scenarios(data, f"{stamp}c").items():
+            every = {**scenarios(data, f"{stamp}c"), **pull_scenarios(data)}
+            for name, (method, calls) in every.items():
                 stub = channel.unary_unary(
                     method, request_serializer=None, response_deserializer=None
                 )
@@ -649,12 +794,12 @@ def report(rows: list[Row], memory: dict[str, int], seconds: float, quick: bool)
             f"{row.refused:>9.0%}"
         )
     for row in rows:
-        if row.rpc != "echo":
+        if not row.rpc.startswith("echo"):
             label = row.rpc.replace(" ", "")
             notes = [f"workers={row.workers}"] if row.workers != 1 else []
             notes += ["h2load"] if row.client == "h2load" else []
             suffix = f" ({', '.join(notes)})" if notes else ""
-            print(f"ratio {label}/echo = {row.ratio:.2f}{suffix}")
+            print(f"ratio {label}/{row.baseline} = {row.ratio:.2f}{suffix}")
     for key, value in memory.items():
         print(f"{key} = {value}")
     if len(memory) == 2:

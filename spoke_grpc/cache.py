@@ -15,11 +15,14 @@ Staleness is bounded:
   the org names); a miss notes the generation when it starts and its ``put`` is dropped when
   anything its answer depends on was invalidated since. ``clear()`` drops every miss in
   flight the same way.
-- The listener pings itself through the channel every ``PING_SECONDS``; while its last ping
-  is older than ``MAX_SILENCE_SECONDS`` (not yet started, stuck) or its connection is known
-  lost, the cache is off: nothing is served from it or stored in it, and it is emptied, so a
-  lost listener can never serve stale entries. Entries also expire after ``TTL_SECONDS``
-  whatever happens.
+- The listener pings itself every ``PING_SECONDS`` on a channel of its own
+  (``spoke_cache_ping_<hex>``, which it alone listens on), so a listener hears its own pings
+  and the invalidations, never the other replicas' pings: what each listener receives does
+  not grow with the number of replicas (``benchmarks/listener_fanout.py`` measures it).
+  While its last ping is older than ``MAX_SILENCE_SECONDS`` (not yet started, stuck) or its
+  connection is known lost, the cache is off: nothing is served from it or stored in it,
+  and it is emptied, so a lost listener can never serve stale entries. Entries also expire
+  after ``TTL_SECONDS`` whatever happens.
 - A write made through this process drops the entries of its org and of its caller as it
   commits, before the response: this process sees its own security-relevant changes at once.
 
@@ -42,8 +45,9 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from psycopg import sql
 
@@ -55,6 +59,7 @@ from spoke_grpc.store.access import Resolved
 log = logging.getLogger(__name__)
 
 CHANNEL = "spoke_cache"
+PING_CHANNEL_PREFIX = "spoke_cache_ping_"
 PING_SECONDS = 0.25
 MAX_SILENCE_SECONDS = 1.0
 TTL_SECONDS = 60.0
@@ -247,17 +252,37 @@ class AccessCache:
                 keys.discard(key)
 
 
-class CacheListener:
-    """Listens on ``spoke_cache`` on a connection of its own and keeps the cache honest."""
+class Listening(Protocol):
+    """A cache the listener keeps honest: the access cache, and others that follow the same
+    notifications (``spoke_grpc.response_cache``)."""
 
-    def __init__(self, cache: AccessCache, database_url: str, settings: Settings) -> None:
-        self._cache = cache
+    def apply(self, payload: str) -> None: ...
+    def pinged(self) -> None: ...
+    def silenced(self) -> None: ...
+    def clear(self) -> None: ...
+
+
+class CacheListener:
+    """Listens on ``spoke_cache`` on a connection of its own and keeps the caches honest:
+    ``cache`` and ``followers``, which hear the same notifications and pings."""
+
+    def __init__(
+        self,
+        cache: AccessCache,
+        database_url: str,
+        settings: Settings,
+        *,
+        followers: Sequence[Listening] = (),
+    ) -> None:
+        self._caches: tuple[Listening, ...] = (cache, *followers)
         self._url = database_url
         self._settings = settings
-        self._ping = f"ping:{uuid.uuid4()}"
+        # A channel of this listener's own: its pings reach nobody else.
+        self.ping_channel = PING_CHANNEL_PREFIX + uuid.uuid4().hex
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
-        # Test seam: called with every payload heard (others' pings too), after acting on it.
+        # Test seam: called with every payload heard (its own pings, "ping", too), after
+        # acting on it.
         self.heard: Callable[[str], None] | None = None
 
     def start(self) -> None:
@@ -275,7 +300,8 @@ class CacheListener:
                 raise
             except Exception as exc:
                 log.warning("cache listener lost its connection (%s); cache off until back", exc)
-            self._cache.silenced()
+            for cache in self._caches:
+                cache.silenced()
             self.reconnects += 1
             await asyncio.sleep(PING_SECONDS)
 
@@ -284,16 +310,21 @@ class CacheListener:
             self._url, self._settings, autocommit=True, application_name="spoke-grpc-cache"
         )
         async with conn:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
-            self._cache.clear()  # whatever happened while nobody listened is unknown
+            for channel in (CHANNEL, self.ping_channel):
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            for cache in self._caches:  # whatever happened while nobody listened is unknown
+                cache.clear()
             while True:
                 # A stuck connection ends here (TimeoutError) and is replaced.
                 async with asyncio.timeout(MAX_SILENCE_SECONDS * 2):
-                    await conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, self._ping])
+                    await conn.execute("SELECT pg_notify(%s, 'ping')", [self.ping_channel])
                     async for notify in conn.notifies(timeout=PING_SECONDS):
-                        if notify.payload == self._ping:
-                            self._cache.pinged()
+                        if notify.channel == self.ping_channel:
+                            for cache in self._caches:
+                                cache.pinged()
+                        # Markers ("ping:…") on the shared channel: tests, older servers.
                         elif not notify.payload.startswith("ping:"):
-                            self._cache.apply(notify.payload)
+                            for cache in self._caches:
+                                cache.apply(notify.payload)
                         if self.heard is not None:
                             self.heard(notify.payload)

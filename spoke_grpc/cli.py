@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg_pool import PoolTimeout
 from yoyo.connections import BadConnectionURI
 
-from spoke_grpc import logs, migrations, tls, tracing, workers
+from spoke_grpc import cpus, logs, migrations, tls, tracing, workers
 from spoke_grpc.bootstrap import BootstrapError, bootstrap_before_serving
 from spoke_grpc.config import ConfigError, Settings
 from spoke_grpc.database import connect, is_unavailable
@@ -86,10 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_worker_count,
         default=0,
         metavar="N",
-        help="run N server processes sharing the port (SO_REUSEPORT), supervised",
+        help="run N server processes sharing the port (SO_REUSEPORT), supervised; 'auto':"
+        " one per CPU this process may use (affinity and cgroup CPU quota)",
     )
     # One of the processes of --workers: shares the port; the supervisor did the bootstrap.
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -163,6 +164,18 @@ def _database_url(settings: Settings) -> str:
             f"cannot start the embedded PostgreSQL under {settings.data_dir}:"
             f" {exc.strerror or _first_line(exc)}; set SPOKE_DATA_DIR to a writable directory"
             " or DATABASE_URL to a PostgreSQL server"
+        ) from None
+
+
+def _worker_count(value: str) -> int:
+    """``--workers``: a number of processes, or ``auto`` for the CPUs this one may use."""
+    if value == "auto":
+        return cpus.available_cpus()
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of workers or 'auto', got {value!r}"
         ) from None
 
 

@@ -78,6 +78,8 @@ class Settings:
     # bwrap (required), none (spoke_grpc.generators).
     generators_path: tuple[str, ...] | None = None
     compile_sandbox: str = "auto"
+    # The serialized pulls kept per process (spoke_grpc.response_cache); 0: off.
+    response_cache_bytes: int = 64 * 2**20
     invitation_ttl_hours: float = 168.0
     smtp_url: str | None = None
     email_from: str = "spoke@localhost"
@@ -216,6 +218,9 @@ class Settings:
             ),
             generators_path=(generators.search_path(generators_path) if generators_path else None),
             compile_sandbox=sandbox,
+            response_cache_bytes=int(
+                number("SPOKE_RESPONSE_CACHE_BYTES", defaults.response_cache_bytes)
+            ),
             invitation_ttl_hours=number(
                 "SPOKE_INVITATION_TTL_HOURS", defaults.invitation_ttl_hours, minimum=0.001
             ),

@@ -56,6 +56,7 @@ from spoke_grpc.mailer import InvitationMailer
 from spoke_grpc.pagination import PageTokens, load_key
 from spoke_grpc.policy import POLICIES, services, unenforceable
 from spoke_grpc.reflection import enable_reflection
+from spoke_grpc.response_cache import ResponseCache
 from spoke_grpc.servicers.members import MemberServicer
 from spoke_grpc.servicers.modules import ModuleServicer
 from spoke_grpc.servicers.organizations import OrganizationServicer
@@ -137,7 +138,10 @@ class SpokeServer:
             settings=self.settings,
         )
         self.cache = AccessCache()
-        self.cache_listener = CacheListener(self.cache, self.direct_url, self.settings)
+        self.responses = ResponseCache(self.settings.response_cache_bytes)
+        self.cache_listener = CacheListener(
+            self.cache, self.direct_url, self.settings, followers=[self.responses]
+        )
         self.usage = UsageBuffer(
             self.pool, self.settings.usage_flush_interval_seconds, clock=self.clock
         )
@@ -179,7 +183,7 @@ class SpokeServer:
         ) as conn:
             await check_session(conn, self.settings)
             pages = PageTokens(await load_key(conn))
-        self.app = App(self.settings, self.pool, pages, self.compiler, self.usage)
+        self.app = App(self.settings, self.pool, pages, self.compiler, self.usage, self.responses)
         await self.pool.open(wait=True, timeout=self.settings.pool_timeout_seconds)
         try:
             self.metrics = self._start_metrics()
@@ -210,7 +214,7 @@ class SpokeServer:
                     else []
                 ),
                 RequestCheckInterceptor(),
-                UnitOfWorkInterceptor(self.pool, self.settings, self.cache),
+                UnitOfWorkInterceptor(self.pool, self.settings, self.cache, self.responses),
                 AuditInterceptor(
                     self.metrics.rpc.count_refused_outsider
                     if self.metrics is not None
@@ -274,6 +278,7 @@ class SpokeServer:
                 name: cache
                 for name, cache in (
                     ("access", getattr(self, "cache", None)),
+                    ("responses", getattr(self, "responses", None)),
                     ("build", getattr(self.compiler, "cache", None)),
                 )
                 if cache is not None

@@ -4,7 +4,8 @@ PostgreSQL cannot store NUL, and an unpaired surrogate is not text at all: eithe
 INVALID_ARGUMENT naming the field's path (``organization.settings["k"]``, ``files[2].path``),
 before any database work. The walk is driven by the message's descriptor, so services
 added later get the rule without code of their own. Bytes fields are not text and are
-left alone.
+left alone. A message type with no string anywhere in it (``carries_text``, worked out once
+per type) is not walked at all.
 """
 
 from __future__ import annotations
@@ -13,13 +14,36 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from spoke_grpc.errors import FieldViolation
 
 _MAX_KEY_SHOWN = 64
 _MESSAGE = FieldDescriptor.TYPE_MESSAGE
+_STRING = FieldDescriptor.TYPE_STRING
+_carries_text: dict[str, bool] = {}
+
+
+def carries_text(descriptor: Descriptor) -> bool:
+    """Whether messages of this type can hold a string anywhere (map keys included)."""
+    known = _carries_text.get(descriptor.full_name)
+    if known is None:
+        known = _carries_text[descriptor.full_name] = _has_string(descriptor, set())
+    return known
+
+
+def _has_string(descriptor: Descriptor, seen: set[str]) -> bool:
+    if descriptor.full_name in seen:  # a recursive type: decided where it was entered
+        return False
+    seen.add(descriptor.full_name)
+    for field in descriptor.fields:
+        if field.type == _STRING:
+            return True
+        nested = field.message_type if field.type == _MESSAGE else None
+        if nested is not None and _has_string(nested, seen):
+            return True
+    return False
 
 
 def text_violations(message: Message, prefix: str = "") -> list[FieldViolation]:

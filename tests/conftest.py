@@ -91,6 +91,7 @@ def admin(
     db.execute(f"TRUNCATE {TENANT_TABLES} CASCADE")
     # The server hears of the TRUNCATE within milliseconds; the test may call sooner.
     server.server.cache.clear()
+    server.server.responses.clear()
     token_file = server.run(ensure_bootstrap_admin(server.server.pool, tmp_path / "token"))
     assert token_file is not None
     client = Client(channel, token_file.read_text().strip())

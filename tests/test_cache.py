@@ -445,3 +445,33 @@ def test_a_missing_org_is_found_once_it_is_created(
             elsewhere.stop()
         notifications_applied(server, db)
     assert read().organization.name == "later"
+
+
+def test_each_listener_hears_only_its_own_pings(database_url: str) -> None:
+    """Replicas ping themselves on channels of their own: with 8 listeners on one database,
+    each hears its own pings and nothing of the others' (before, every listener heard every
+    replica's pings: 4·N notifications a second each, N² in all;
+    benchmarks/listener_fanout.py measures the rate for 1, 4 and 16)."""
+
+    async def run() -> list[list[str]]:
+        heard: list[list[str]] = [[] for _ in range(8)]
+        enough = asyncio.Event()
+        listeners = [CacheListener(AccessCache(), database_url, Settings()) for _ in heard]
+
+        def hear(i: int, payload: str) -> None:
+            heard[i].append(payload)
+            if all(len(h) >= 3 for h in heard):
+                enough.set()
+
+        for i, listener in enumerate(listeners):
+            listener.heard = functools.partial(hear, i)
+            listener.start()
+        try:
+            await asyncio.wait_for(enough.wait(), 30)
+        finally:
+            for listener in listeners:
+                await listener.stop()
+        return heard
+
+    heard = asyncio.run(run())
+    assert all(set(payloads) == {"ping"} for payloads in heard), heard

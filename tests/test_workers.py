@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from spoke.v1 import user_pb2
 
+from spoke_grpc import cpus
 from spoke_grpc.config import REPO_ROOT
 from tests import harness
 from tests.conftest import free_port
@@ -105,10 +106,11 @@ def test_workers_share_the_port_restart_and_drain_together(
     assert f"(pid {victim}) exited" in log and "restarting" in log
 
 
-def test_workers_need_a_fixed_free_port(database_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("count", ["2", "auto"])
+def test_workers_need_a_fixed_free_port(database_url: str, tmp_path: Path, count: str) -> None:
     env = {**os.environ, "DATABASE_URL": database_url, "SPOKE_DATA_DIR": str(tmp_path)}
     result = subprocess.run(
-        [SPOKE, "serve", "--workers", "2", "--listen", "127.0.0.1:0"],
+        [SPOKE, "serve", "--workers", count, "--listen", "127.0.0.1:0"],
         env=env,
         capture_output=True,
         text=True,
@@ -117,3 +119,99 @@ def test_workers_need_a_fixed_free_port(database_url: str, tmp_path: Path) -> No
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("spoke-grpc: error: --workers needs")
+
+
+# --- --workers auto: the CPUs this process may use -------------------------------------------
+
+
+def _cgroup_files(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("files", "affinity", "expected"),
+    [
+        pytest.param({}, 8, 8, id="no-cgroup-files"),
+        pytest.param(
+            {"proc/self/cgroup": "0::/\n", "sys/fs/cgroup/cpu.max": "max 100000\n"},
+            8,
+            8,
+            id="v2-no-quota",
+        ),
+        pytest.param(
+            {"proc/self/cgroup": "0::/\n", "sys/fs/cgroup/cpu.max": "150000 100000\n"},
+            8,
+            2,
+            id="v2-quota-rounded-up",
+        ),
+        pytest.param(
+            {"proc/self/cgroup": "0::/\n", "sys/fs/cgroup/cpu.max": "800000 100000\n"},
+            3,
+            3,
+            id="v2-affinity-smaller",
+        ),
+        pytest.param(
+            {
+                "proc/self/cgroup": "0::/kubepods/pod1/app\n",
+                "sys/fs/cgroup/kubepods/pod1/app/cpu.max": "max 100000\n",
+                "sys/fs/cgroup/kubepods/pod1/cpu.max": "100000 100000\n",
+                "sys/fs/cgroup/kubepods/cpu.max": "400000 100000\n",
+            },
+            16,
+            1,
+            id="v2-parent-quota",
+        ),
+        pytest.param(
+            {
+                "proc/self/cgroup": "4:memory:/x\n3:cpu,cpuacct:/docker/abc\n",
+                "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "250000\n",
+                "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+            },
+            16,
+            3,
+            id="v1-quota",
+        ),
+        pytest.param(
+            {
+                "proc/self/cgroup": "3:cpu,cpuacct:/docker/abc\n",
+                "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+                "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+            },
+            4,
+            4,
+            id="v1-no-quota-container-root",
+        ),
+        pytest.param(
+            {"proc/self/cgroup": "0::/\n", "sys/fs/cgroup/cpu.max": "20000 100000\n"},
+            4,
+            1,
+            id="at-least-one",
+        ),
+    ],
+)
+def test_available_cpus(
+    tmp_path: Path, files: dict[str, str], affinity: int, expected: int
+) -> None:
+    root = _cgroup_files(tmp_path, files)
+    assert cpus.available_cpus(root, affinity=affinity) == expected
+
+
+def test_available_cpus_here_is_within_the_affinity() -> None:
+    assert 1 <= cpus.available_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_a_bad_worker_count_is_a_clear_error(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        [SPOKE, "serve", "--workers", "many"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "expected a number of workers or 'auto', got 'many'" in bad.stderr

@@ -18,6 +18,7 @@ counted, but its job is recorded, after the rollback, with its outcome.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -281,6 +282,15 @@ def _elapsed_ms(started: float) -> int:
     return max(0, round((time.monotonic() - started) * 1000))
 
 
+@dataclass(frozen=True)
+class Compiled:
+    """A build, and the organizations the reader's right to it was decided from (the
+    version's own and those of every version of its closure)."""
+
+    build: Build
+    orgs: frozenset[uuid.UUID]
+
+
 async def compile_version(
     conn: AsyncConnection,
     org: OrgContext,
@@ -292,7 +302,7 @@ async def compile_version(
     compiler: Compiler,
     method: str,
     on_rollback: OnRollback,
-) -> Build:
+) -> Compiled:
     """The version's descriptors and generated code: one compile job of the organization.
     ``languages`` as ``parse_languages`` returned them."""
     wanted = tuple(languages)
@@ -347,7 +357,43 @@ async def compile_version(
         method=method,
         target=f"{_module_target(org, module)}/versions/{version.version}:compile",
     )
-    return build
+    return Compiled(build, frozenset({version.org_id, *(r.org_id for r in target.reached)}))
+
+
+async def record_served_compile(
+    conn: AsyncConnection,
+    org: OrgContext,
+    module: Module,
+    version: Version,
+    languages: Sequence[str],
+    *,
+    principal: Principal,
+    method: str,
+) -> None:
+    """A compile answered with a response kept whole (``spoke_grpc.response_cache``): a
+    compile job like any cache hit, counted (or refused over quota), recorded, audited."""
+    job = CompileJob(
+        org_id=org.id,
+        kind="compile",
+        module_id=module.id,
+        module_name=module.name,
+        version_id=version.id,
+        version=version.version,
+        languages=tuple(languages),
+        outcome="cached",
+        duration_ms=0,
+        requested_by=principal.user_id,
+    )
+    await _bookkeeping(
+        conn,
+        org,
+        job,
+        "cached",
+        0,
+        principal=principal,
+        method=method,
+        target=f"{_module_target(org, module)}/versions/{version.version}:compile",
+    )
 
 
 async def check_compatibility(

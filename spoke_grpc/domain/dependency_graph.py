@@ -43,8 +43,12 @@ class Edge:
 
 @dataclass(frozen=True)
 class Graph:
+    """``orgs``: the organizations the walk looked at (every dependent's and dependency's,
+    shown or not): what the reader's view of the graph was decided from."""
+
     nodes: list[Node]
     edges: list[Edge]
+    orgs: frozenset[uuid.UUID] = frozenset()
 
 
 async def dependency_graph(
@@ -88,7 +92,8 @@ async def dependency_graph(
                 if edge.present:
                     queue.append(edge.dep_version_id)
             edges.append(Edge(dependent=ids[dependent], dependency=target))
-    return Graph(nodes, edges)
+    orgs = frozenset({version.org_id, *(r.org_id for r in rows), *(r.dep_org_id for r in rows)})
+    return Graph(nodes, edges, orgs)
 
 
 def _unique(label: str, taken: set[str]) -> str:

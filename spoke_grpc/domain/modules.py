@@ -138,12 +138,15 @@ class NewVersion:
 
 @dataclass(frozen=True)
 class VersionView:
-    """A version with its module, its files (contents only where asked for) and its edges."""
+    """A version with its module, its files (contents only where asked for) and its edges;
+    ``orgs``: the organizations what the reader sees of it was decided from (its own, and
+    every dependency's, shown or not), where ``get_version`` made it."""
 
     module: Module
     version: Version
     files: Sequence[File]
     dependencies: Sequence[Edge]
+    orgs: frozenset[uuid.UUID] = frozenset()
 
 
 # --- Modules ---------------------------------------------------------------------------------
@@ -734,9 +737,11 @@ async def get_version(
     """The version with its files' contents and the dependencies the reader may see."""
     module, row, _ = await find_version(conn, org, module_ref, ref, reader=reader)
     files = await version_store.files_of(conn, org.id, [row.id], contents=True)
-    edges = await version_store.edges_of(conn, org.id, [row.id], reader=reader)
-    shown = [e for e in edges.get(row.id, []) if e.shown]
-    return VersionView(module, row, files.get(row.id, []), shown)
+    found = await version_store.edges_of(conn, org.id, [row.id], reader=reader)
+    edges = found.get(row.id, [])
+    shown = [e for e in edges if e.shown]
+    orgs = frozenset({org.id, *(e.dep_org_id for e in edges)})
+    return VersionView(module, row, files.get(row.id, []), shown, orgs)
 
 
 async def list_versions(

@@ -1,4 +1,8 @@
-"""A server interceptor that wraps unary spoke.v1 behaviours with its policy at hand."""
+"""A server interceptor that wraps unary spoke.v1 behaviours with its policy at hand.
+
+A servicer may answer with the response already serialized (``bytes``: a response kept by
+``spoke_grpc.response_cache``); the wrapped handler's serializer sends those as they are.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,27 @@ from spoke_grpc.types import Policy
 
 Behavior = Callable[[Any, aio.ServicerContext], Awaitable[Any]]
 Deserializer = Callable[[bytes], Any]
+Serializer = Callable[[Any], bytes]
+
+
+class _BytesAsIs:
+    """``serialize``, except that a response that is already bytes is sent as it is."""
+
+    __slots__ = ("_serialize",)
+
+    def __init__(self, serialize: Serializer) -> None:
+        self._serialize = serialize
+
+    def __call__(self, response: Any) -> bytes:
+        if type(response) is bytes:
+            return response
+        return self._serialize(response)
+
+
+def sending_bytes_as_is(serialize: Serializer) -> Serializer:
+    if isinstance(serialize, _BytesAsIs):  # wrapped by an inner interceptor already
+        return serialize
+    return _BytesAsIs(serialize)
 
 
 class PolicyInterceptor(aio.ServerInterceptor, abc.ABC):
@@ -43,7 +68,7 @@ class PolicyInterceptor(aio.ServerInterceptor, abc.ABC):
         wrapped = grpc.unary_unary_rpc_method_handler(
             behavior,
             request_deserializer=self.wrap_deserializer(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
+            response_serializer=sending_bytes_as_is(handler.response_serializer),
         )
         self._wrapped[method] = wrapped
         return wrapped

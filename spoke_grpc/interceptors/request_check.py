@@ -3,7 +3,8 @@ string in it must follow the text rule (``spoke_grpc.wire``).
 
 grpc decodes the request before any interceptor runs and answers UNKNOWN when that
 fails; this interceptor's deserializer keeps the failure instead, and the call is then
-answered INVALID_ARGUMENT like any other bad request.
+answered INVALID_ARGUMENT like any other bad request. Request types without a string
+field anywhere (``GetCurrentUserRequest``) skip the walk: that is decided once per type.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from grpc import aio
 from spoke_grpc.errors import InvalidArgument
 from spoke_grpc.interceptors.base import Behavior, Deserializer, PolicyInterceptor
 from spoke_grpc.types import Policy
-from spoke_grpc.wire import text_violations
+from spoke_grpc.wire import carries_text, text_violations
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class RequestCheckInterceptor(PolicyInterceptor):
             raise InvalidArgument.field(
                 "request", f"the bytes sent are not a valid spoke.v1.{request_type} message"
             )
-        violations = text_violations(request)
-        if violations:
-            raise InvalidArgument(violations)
+        if carries_text(request.DESCRIPTOR):
+            violations = text_violations(request)
+            if violations:
+                raise InvalidArgument(violations)
         return await call_next(request, context)

@@ -26,7 +26,8 @@ from spoke_grpc.config import Settings
 from spoke_grpc.database import Lease, UnitOfWork, is_retryable
 from spoke_grpc.errors import Aborted, DeadlineExceeded
 from spoke_grpc.interceptors.base import Behavior, PolicyInterceptor
-from spoke_grpc.types import CallContext, Policy
+from spoke_grpc.response_cache import ResponseCache
+from spoke_grpc.types import CallContext, Policy, QuotaKind
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,17 @@ _BACKOFF_SECONDS = 0.01
 
 
 class UnitOfWorkInterceptor(PolicyInterceptor):
-    def __init__(self, pool: AsyncConnectionPool, settings: Settings, cache: AccessCache) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        settings: Settings,
+        cache: AccessCache,
+        responses: ResponseCache | None = None,
+    ) -> None:
         super().__init__()
         self._pool = pool
         self._cache = cache
+        self._responses = responses
         self._max_seconds = settings.statement_timeout_seconds
 
     async def intercept(
@@ -102,6 +110,10 @@ class UnitOfWorkInterceptor(PolicyInterceptor):
         processes hear of them from the database's notifications)."""
         if call.org is not None:
             self._cache.invalidate_org(call.org.id)
+            # A compile job's write is its job, its count and its audit event: no response
+            # of the response cache depends on those.
+            if self._responses is not None and call.policy.quota is not QuotaKind.COMPILE_JOBS:
+                self._responses.invalidate_org(call.org.id)
         else:  # a write that names no org may have created one, which was remembered missing
             self._cache.invalidate_org_names()
         if call.principal is not None:

@@ -3,11 +3,16 @@
 Reads declared ``public_read`` reach this servicer for callers who are not members when the
 organization has a public module (the org-context interceptor checked that); they are then
 shown public modules and their versions only.
+
+``GetVersion``, ``GetDependencyGraph`` and ``CompileVersion`` answer from the response cache
+(``spoke_grpc.response_cache``) when it holds the answer for this reader: the bytes go out
+as they are, with no statement for the reads (a compile still counts, records and audits
+its job).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from grpc import aio
 from spoke.v1 import module_pb2, module_pb2_grpc
@@ -22,6 +27,7 @@ from spoke_grpc.domain import modules as domain
 from spoke_grpc.domain.modules import BreakingChangePolicy
 from spoke_grpc.errors import InvalidArgument
 from spoke_grpc.generators import LANGUAGES
+from spoke_grpc.response_cache import Key, ResponseCache, reader_class
 from spoke_grpc.servicers.convert import mask_paths, timestamp
 from spoke_grpc.store import modules as store
 from spoke_grpc.store import versions as version_store
@@ -125,6 +131,21 @@ def update_from_proto(request: module_pb2.UpdateModuleRequest) -> domain.ModuleU
 def reader(call: CallContext) -> Reader:
     """Who reads: every read of module data takes it to ``spoke_grpc.store.visibility``."""
     return Reader.of(call.principal)
+
+
+def response_key(
+    method: str, call: CallContext, module: str, version: str, extra: tuple[str, ...] = ()
+) -> Key:
+    """What decides a kept response: see ``spoke_grpc.response_cache``."""
+    return (method, reader_class(reader(call)), call.require_org().id, module, version, extra)
+
+
+@dataclass(frozen=True)
+class _CompiledVersion:
+    """What a kept compile response's job record needs."""
+
+    module: Module
+    version: Version
 
 
 class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
@@ -239,10 +260,19 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         )
         return module_pb2.CreateVersionResponse(version=version_to_proto(view))
 
+    @property
+    def _responses(self) -> ResponseCache:
+        return self._app.responses
+
     async def GetVersion(
         self, request: module_pb2.GetVersionRequest, context: aio.ServicerContext
-    ) -> module_pb2.GetVersionResponse:
+    ) -> bytes:
         call = current_call()
+        key = response_key("GetVersion", call, request.module, request.version)
+        kept = self._responses.get(key)
+        if kept is not None:
+            return kept.data
+        since = self._responses.generation
         view = await domain.get_version(
             await call.connection(),
             call.require_org(),
@@ -250,7 +280,9 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             request.version,
             reader=reader(call),
         )
-        return module_pb2.GetVersionResponse(version=version_to_proto(view))
+        data = module_pb2.GetVersionResponse(version=version_to_proto(view)).SerializeToString()
+        self._responses.put(key, data, view.orgs, since)
+        return data
 
     async def ListVersions(
         self, request: module_pb2.ListVersionsRequest, context: aio.ServicerContext
@@ -288,11 +320,25 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
 
     async def CompileVersion(
         self, request: module_pb2.CompileVersionRequest, context: aio.ServicerContext
-    ) -> module_pb2.CompileVersionResponse:
+    ) -> bytes:
         call = current_call()
         org = call.require_org()
         # Before any database work.
         languages = compilation.parse_languages(request.languages, self._app.compiler.toolchain)
+        key = response_key("CompileVersion", call, request.module, request.version, languages)
+        kept = self._responses.get(key)
+        if kept is not None and isinstance(kept.detail, _CompiledVersion):
+            await compilation.record_served_compile(
+                await call.connection(),
+                org,
+                kept.detail.module,
+                kept.detail.version,
+                languages,
+                principal=call.require_principal(),
+                method=call.policy.method,
+            )
+            return kept.data
+        since = self._responses.generation
         module, version, _ = await domain.find_version(
             await call.connection(),
             org,
@@ -300,7 +346,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             request.version,
             reader=reader(call),
         )
-        build = await compilation.compile_version(
+        compiled = await compilation.compile_version(
             await call.connection(),
             org,
             module,
@@ -311,13 +357,16 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             method=call.policy.method,
             on_rollback=_unit(call).on_rollback,
         )
-        return module_pb2.CompileVersionResponse(
+        build = compiled.build
+        data = module_pb2.CompileVersionResponse(
             descriptor_set=build.descriptor_set,
             files=[
                 module_pb2.GeneratedFile(language=f.language, path=f.path, content=f.content)
                 for f in build.files
             ],
-        )
+        ).SerializeToString()
+        self._responses.put(key, data, compiled.orgs, since, _CompiledVersion(module, version))
+        return data
 
     async def CheckCompatibility(
         self, request: module_pb2.CheckCompatibilityRequest, context: aio.ServicerContext
@@ -355,8 +404,13 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
 
     async def GetDependencyGraph(
         self, request: module_pb2.GetDependencyGraphRequest, context: aio.ServicerContext
-    ) -> module_pb2.GetDependencyGraphResponse:
+    ) -> bytes:
         call = current_call()
+        key = response_key("GetDependencyGraph", call, request.module, request.version)
+        kept = self._responses.get(key)
+        if kept is not None:
+            return kept.data
+        since = self._responses.generation
         module, version, _ = await domain.find_version(
             await call.connection(),
             call.require_org(),
@@ -367,7 +421,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         graph = await dependency_graph.dependency_graph(
             await call.connection(), module, version, reader=reader(call)
         )
-        return module_pb2.GetDependencyGraphResponse(
+        data = module_pb2.GetDependencyGraphResponse(
             nodes=[
                 module_pb2.DependencyGraphNode(
                     id=n.id,
@@ -382,7 +436,9 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 module_pb2.DependencyGraphEdge(dependent=e.dependent, dependency=e.dependency)
                 for e in graph.edges
             ],
-        )
+        ).SerializeToString()
+        self._responses.put(key, data, graph.orgs, since)
+        return data
 
     async def ListPublicModules(
         self, request: module_pb2.ListPublicModulesRequest, context: aio.ServicerContext

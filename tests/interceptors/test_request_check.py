@@ -143,3 +143,16 @@ def test_settings_follow_the_text_rule(users: Users, entries: dict[str, str], ba
         )
     )
     assert set(error.field_violations) == {bad}
+
+
+def test_only_types_that_can_hold_text_are_walked() -> None:
+    """Decided once per request type: no string field anywhere, nothing to walk."""
+    from spoke.v1 import module_pb2, organization_pb2, user_pb2
+
+    from spoke_grpc.wire import carries_text
+
+    assert not carries_text(user_pb2.GetCurrentUserRequest.DESCRIPTOR)
+    assert carries_text(module_pb2.GetVersionRequest.DESCRIPTOR)
+    # A string only inside a nested message or a map counts.
+    assert carries_text(organization_pb2.UpdateOrganizationRequest.DESCRIPTOR)
+    assert carries_text(module_pb2.CreateVersionRequest.DESCRIPTOR)
