@@ -1,5 +1,5 @@
 """What the servicers share: settings, the connection pool, the page-token signer, the
-proto compiler's worker pool and the usage buffer."""
+proto compiler's worker pool, the usage buffer and the webhook secret key."""
 
 from __future__ import annotations
 
@@ -20,3 +20,4 @@ class App:
     pages: PageTokens
     compiler: Compiler
     usage: UsageBuffer
+    webhook_key: bytes = b""

@@ -19,6 +19,7 @@ from spoke.v1 import (
     policy_pb2,
     quota_pb2,
     user_pb2,
+    webhook_pb2,
 )
 
 from spoke_grpc.types import Access, Policy, QuotaKind
@@ -29,6 +30,7 @@ PROTO_MODULES: tuple[ModuleType, ...] = (
     member_pb2,
     quota_pb2,
     module_pb2,
+    webhook_pb2,
 )
 
 

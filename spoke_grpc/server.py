@@ -31,9 +31,10 @@ from spoke.v1 import (
     organization_pb2_grpc,
     quota_pb2_grpc,
     user_pb2_grpc,
+    webhook_pb2_grpc,
 )
 
-from spoke_grpc import metrics, tls, tracing
+from spoke_grpc import metrics, tls, tracing, webhook_secrets
 from spoke_grpc.anonymous_rate import AnonymousRateLimiter
 from spoke_grpc.app import App
 from spoke_grpc.cache import AccessCache, CacheListener
@@ -61,6 +62,7 @@ from spoke_grpc.servicers.modules import ModuleServicer
 from spoke_grpc.servicers.organizations import OrganizationServicer
 from spoke_grpc.servicers.quotas import QuotaServicer
 from spoke_grpc.servicers.users import UserServicer
+from spoke_grpc.servicers.webhooks import WebhookServicer
 from spoke_grpc.usage import Clock, UsageBuffer, utc_now
 
 log = logging.getLogger(__name__)
@@ -177,7 +179,10 @@ class SpokeServer:
         ) as conn:
             await check_session(conn, self.settings)
             pages = PageTokens(await load_key(conn))
-        self.app = App(self.settings, self.pool, pages, self.compiler, self.usage)
+            webhook_key = await webhook_secrets.load_key(conn)
+        self.app = App(
+            self.settings, self.pool, pages, self.compiler, self.usage, webhook_key=webhook_key
+        )
         await self.pool.open(wait=True, timeout=self.settings.pool_timeout_seconds)
         try:
             self.metrics = self._start_metrics()
@@ -301,6 +306,7 @@ class SpokeServer:
         member_pb2_grpc.add_MemberServiceServicer_to_server(MemberServicer(self.app), server)
         module_pb2_grpc.add_ModuleServiceServicer_to_server(ModuleServicer(self.app), server)
         quota_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaServicer(self.app), server)
+        webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(self.app), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         health = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection([*(s.full_name for s in services()), health], server)

@@ -9,7 +9,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from spoke_grpc.domain import user_limits
+from spoke_grpc.domain import events, user_limits
+from spoke_grpc.domain.events import EventType
 from spoke_grpc.errors import FailedPrecondition, NotFound, PermissionDenied, PreconditionViolation
 from spoke_grpc.store import audit, members, organizations, quotas
 from spoke_grpc.tiers import QuotaTier
@@ -123,6 +124,12 @@ async def update_organization(
         await quotas.set_tier(conn, org.id, update.quota_tier)
     await _audit(
         conn, method, principal, org.id, f"organizations/{org.name}:{','.join(sorted(changes))}"
+    )
+    await events.emit(
+        conn,
+        org.id,
+        EventType.ORGANIZATION_UPDATED,
+        {"actor_id": str(principal.user_id), "changed": sorted(changes)},
     )
     return row
 

@@ -1,0 +1,269 @@
+"""Webhooks and their deliveries (the outbox ``spoke_grpc.webhook_dispatcher`` empties).
+
+Deliveries are queued by ``spoke_grpc.store.events.append`` in the transaction of the
+event. ``claim_next`` locks the longest-waiting due delivery that is the oldest pending one
+of its webhook, ``FOR UPDATE SKIP LOCKED``, and the dispatcher keeps that lock while it
+POSTs: a delivery is sent by one process at a time, and a webhook's next delivery is not
+due until the one before it is delivered or given up (in order per webhook).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import class_row
+
+from spoke_grpc.pagination import PageRequest
+
+
+@dataclass(frozen=True)
+class WebhookRow:
+    org_id: uuid.UUID
+    id: uuid.UUID
+    url: str
+    events: list[str]
+    description: str
+    secret_salt: bytes
+    enabled: bool
+    disabled_reason: str
+    consecutive_failures: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    org_id: uuid.UUID
+    id: uuid.UUID
+    webhook_id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    state: str
+    attempts: int
+    status_code: int
+    last_error: str
+    next_attempt_at: dt.datetime
+    last_attempt_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    """A claimed delivery, with its event and where to send it."""
+
+    org_id: uuid.UUID
+    id: uuid.UUID
+    webhook_id: uuid.UUID
+    attempts: int
+    created_at: dt.datetime
+    url: str
+    secret_salt: bytes
+    event_id: uuid.UUID
+    event_type: str
+    event_created_at: dt.datetime
+    data: dict[str, Any]
+    org_name: str
+
+
+_WEBHOOK = sql.SQL(
+    "org_id, id, url, events, description, secret_salt, enabled, disabled_reason,"
+    " consecutive_failures, created_at, updated_at"
+)
+_DELIVERY = sql.SQL(
+    "d.org_id, d.id, d.webhook_id, e.id AS event_id, e.type AS event_type, d.state,"
+    " d.attempts, d.status_code, d.last_error, d.next_attempt_at, d.last_attempt_at,"
+    " d.created_at FROM webhook_deliveries d"
+    " JOIN events e ON (e.org_id, e.seq) = (d.org_id, d.event_seq)"
+)
+UPDATABLE = ("url", "events", "description", "enabled")
+
+
+async def insert_webhook(
+    conn: AsyncConnection,
+    *,
+    org_id: uuid.UUID,
+    webhook_id: uuid.UUID,
+    url: str,
+    events: Sequence[str],
+    description: str,
+    secret_salt: bytes,
+    created_by: uuid.UUID,
+) -> WebhookRow:
+    query = sql.SQL(
+        "INSERT INTO webhooks (org_id, id, url, events, description, secret_salt, created_by)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {}"
+    ).format(_WEBHOOK)
+    async with conn.cursor(row_factory=class_row(WebhookRow)) as cur:
+        await cur.execute(
+            query, [org_id, webhook_id, url, list(events), description, secret_salt, created_by]
+        )
+        row = await cur.fetchone()
+    if row is None:  # pragma: no cover
+        raise RuntimeError("webhook not inserted")
+    return row
+
+
+async def get_webhook(
+    conn: AsyncConnection, org_id: uuid.UUID, webhook_id: uuid.UUID, *, lock: bool = False
+) -> WebhookRow | None:
+    query = sql.SQL("SELECT {} FROM webhooks WHERE org_id = %s AND id = %s {}").format(
+        _WEBHOOK, sql.SQL("FOR UPDATE" if lock else "")
+    )
+    async with conn.cursor(row_factory=class_row(WebhookRow)) as cur:
+        await cur.execute(query, [org_id, webhook_id])
+        return await cur.fetchone()
+
+
+async def list_webhooks(
+    conn: AsyncConnection, org_id: uuid.UUID, page: PageRequest
+) -> list[WebhookRow]:
+    after = sql.SQL("AND (created_at, id) > (%s, %s)" if page.after else "")
+    query = sql.SQL(
+        "SELECT {} FROM webhooks WHERE org_id = %s {} ORDER BY created_at, id LIMIT %s"
+    ).format(_WEBHOOK, after)
+    async with conn.cursor(row_factory=class_row(WebhookRow)) as cur:
+        await cur.execute(query, [org_id, *(page.after or []), page.fetch])
+        return await cur.fetchall()
+
+
+async def update_webhook(
+    conn: AsyncConnection, org_id: uuid.UUID, webhook_id: uuid.UUID, changes: Mapping[str, Any]
+) -> WebhookRow | None:
+    """Sets ``changes`` (columns of ``UPDATABLE``, plus the server's own bookkeeping)."""
+    assignments = [sql.SQL("{} = %s").format(sql.Identifier(column)) for column in sorted(changes)]
+    query = sql.SQL(
+        "UPDATE webhooks SET {}, updated_at = now() WHERE org_id = %s AND id = %s RETURNING {}"
+    ).format(sql.SQL(", ").join(assignments), _WEBHOOK)
+    values = [changes[column] for column in sorted(changes)]
+    async with conn.cursor(row_factory=class_row(WebhookRow)) as cur:
+        await cur.execute(query, [*values, org_id, webhook_id])
+        return await cur.fetchone()
+
+
+async def delete_webhook(conn: AsyncConnection, org_id: uuid.UUID, webhook_id: uuid.UUID) -> bool:
+    cur = await conn.execute(
+        "DELETE FROM webhooks WHERE org_id = %s AND id = %s", [org_id, webhook_id]
+    )
+    return cur.rowcount > 0
+
+
+async def list_deliveries(
+    conn: AsyncConnection, org_id: uuid.UUID, webhook_id: uuid.UUID, page: PageRequest
+) -> list[DeliveryRow]:
+    """Newest first; keyset on (created_at, id) descending."""
+    after = sql.SQL("AND (d.created_at, d.id) < (%s, %s)" if page.after else "")
+    query = sql.SQL(
+        "SELECT {} WHERE d.org_id = %s AND d.webhook_id = %s {}"
+        " ORDER BY d.created_at DESC, d.id DESC LIMIT %s"
+    ).format(_DELIVERY, after)
+    async with conn.cursor(row_factory=class_row(DeliveryRow)) as cur:
+        await cur.execute(query, [org_id, webhook_id, *(page.after or []), page.fetch])
+        return await cur.fetchall()
+
+
+async def get_delivery(
+    conn: AsyncConnection, org_id: uuid.UUID, webhook_id: uuid.UUID, delivery_id: uuid.UUID
+) -> DeliveryRow | None:
+    query = sql.SQL("SELECT {} WHERE d.org_id = %s AND d.webhook_id = %s AND d.id = %s").format(
+        _DELIVERY
+    )
+    async with conn.cursor(row_factory=class_row(DeliveryRow)) as cur:
+        await cur.execute(query, [org_id, webhook_id, delivery_id])
+        return await cur.fetchone()
+
+
+async def requeue(
+    conn: AsyncConnection, org_id: uuid.UUID, webhook_id: uuid.UUID, delivery_id: uuid.UUID
+) -> uuid.UUID | None:
+    """A new pending delivery of ``delivery_id``'s event, behind the webhook's queue."""
+    cur = await conn.execute(
+        "INSERT INTO webhook_deliveries (org_id, webhook_id, event_seq)"
+        " SELECT org_id, webhook_id, event_seq FROM webhook_deliveries"
+        " WHERE org_id = %s AND webhook_id = %s AND id = %s RETURNING id",
+        [org_id, webhook_id, delivery_id],
+    )
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+_CLAIM = """
+SELECT d.org_id, d.id, d.webhook_id, d.attempts, d.created_at, w.url, w.secret_salt,
+       e.id AS event_id, e.type AS event_type, e.created_at AS event_created_at, e.data,
+       o.name AS org_name
+FROM webhook_deliveries d
+JOIN webhooks w ON (w.org_id, w.id) = (d.org_id, d.webhook_id)
+JOIN events e ON (e.org_id, e.seq) = (d.org_id, d.event_seq)
+JOIN organizations o ON o.id = d.org_id
+WHERE d.state = 'pending' AND d.next_attempt_at <= now() AND w.enabled
+  AND NOT EXISTS (
+      SELECT 1 FROM webhook_deliveries p
+      WHERE p.org_id = d.org_id AND p.webhook_id = d.webhook_id
+        AND p.state = 'pending' AND p.seq < d.seq)
+ORDER BY d.next_attempt_at, d.seq
+LIMIT 1
+FOR UPDATE OF d SKIP LOCKED
+"""
+
+
+async def claim_next(conn: AsyncConnection) -> DueDelivery | None:
+    """Locks the next due delivery no other process holds, in the caller's transaction."""
+    async with conn.cursor(row_factory=class_row(DueDelivery)) as cur:
+        await cur.execute(_CLAIM)
+        return await cur.fetchone()
+
+
+async def mark_delivered(conn: AsyncConnection, due: DueDelivery, status_code: int) -> None:
+    await conn.execute(
+        "UPDATE webhook_deliveries SET state = 'delivered', attempts = attempts + 1,"
+        " status_code = %s, last_error = '', last_attempt_at = now(), finished_at = now()"
+        " WHERE org_id = %s AND id = %s",
+        [status_code, due.org_id, due.id],
+    )
+    await conn.execute(
+        "UPDATE webhooks SET consecutive_failures = 0"
+        " WHERE org_id = %s AND id = %s AND consecutive_failures <> 0",
+        [due.org_id, due.webhook_id],
+    )
+
+
+async def mark_retry(
+    conn: AsyncConnection, due: DueDelivery, status_code: int, error: str, retry_in: dt.timedelta
+) -> None:
+    await conn.execute(
+        "UPDATE webhook_deliveries SET attempts = attempts + 1, status_code = %s,"
+        " last_error = %s, last_attempt_at = now(), next_attempt_at = now() + %s"
+        " WHERE org_id = %s AND id = %s",
+        [status_code, error[:1000], retry_in, due.org_id, due.id],
+    )
+
+
+async def mark_failed(conn: AsyncConnection, due: DueDelivery, status_code: int, error: str) -> int:
+    """The delivery is given up; returns the webhook's failed deliveries in a row."""
+    await conn.execute(
+        "UPDATE webhook_deliveries SET state = 'failed', attempts = attempts + 1,"
+        " status_code = %s, last_error = %s, last_attempt_at = now(), finished_at = now()"
+        " WHERE org_id = %s AND id = %s",
+        [status_code, error[:1000], due.org_id, due.id],
+    )
+    cur = await conn.execute(
+        "UPDATE webhooks SET consecutive_failures = consecutive_failures + 1"
+        " WHERE org_id = %s AND id = %s RETURNING consecutive_failures",
+        [due.org_id, due.webhook_id],
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def disable(
+    conn: AsyncConnection, org_id: uuid.UUID, webhook_id: uuid.UUID, reason: str
+) -> None:
+    await conn.execute(
+        "UPDATE webhooks SET enabled = false, disabled_reason = %s, updated_at = now()"
+        " WHERE org_id = %s AND id = %s",
+        [reason[:1000], org_id, webhook_id],
+    )
