@@ -62,6 +62,7 @@ CREATE TABLE webhook_deliveries (
     status_code     integer NOT NULL DEFAULT 0,
     last_error      text NOT NULL DEFAULT '' CHECK (length(last_error) <= 1000),
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    first_attempt_at timestamptz,
     last_attempt_at timestamptz,
     finished_at     timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),

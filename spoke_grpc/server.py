@@ -64,6 +64,7 @@ from spoke_grpc.servicers.quotas import QuotaServicer
 from spoke_grpc.servicers.users import UserServicer
 from spoke_grpc.servicers.webhooks import WebhookServicer
 from spoke_grpc.usage import Clock, UsageBuffer, utc_now
+from spoke_grpc.webhook_dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class SpokeServer:
             InvitationMailer(self.settings, self.direct_url) if self.settings.smtp_url else None
         )
         self.metrics: metrics.ServerMetrics | None = None
+        self.webhooks: WebhookDispatcher | None = None  # made at start, with the secret key
         # Read here so that a bad certificate or key fails before anything starts.
         self.tls = tls.ReloadingCredentials(self.settings.tls) if self.settings.tls else None
 
@@ -183,6 +185,7 @@ class SpokeServer:
         self.app = App(
             self.settings, self.pool, pages, self.compiler, self.usage, webhook_key=webhook_key
         )
+        self.webhooks = WebhookDispatcher(self.settings, self.direct_url, webhook_key)
         await self.pool.open(wait=True, timeout=self.settings.pool_timeout_seconds)
         try:
             self.metrics = self._start_metrics()
@@ -248,6 +251,7 @@ class SpokeServer:
         self.health.start()
         self.usage.start()
         self.cache_listener.start()
+        self.webhooks.start()
         if self.mailer is not None:
             self.mailer.start()
         else:
@@ -320,6 +324,8 @@ class SpokeServer:
             self._server = None
         await self.usage.stop()  # after the drain: the last calls' counts are written too
         await self.cache_listener.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         if self.mailer is not None:
             await self.mailer.stop()
         await self.compiler.stop()

@@ -27,6 +27,7 @@ from spoke.v1 import (
     organization_pb2_grpc,
     quota_pb2_grpc,
     user_pb2_grpc,
+    webhook_pb2_grpc,
 )
 
 from spoke_grpc import cache, migrations
@@ -143,6 +144,7 @@ class Client:
     members: Any = field(init=False)
     quotas: Any = field(init=False)
     modules: Any = field(init=False)
+    webhooks: Any = field(init=False)
 
     def __post_init__(self) -> None:
         self.users = _Bound(user_pb2_grpc.UserServiceStub(self.channel), self.metadata)
@@ -152,6 +154,7 @@ class Client:
         self.members = _Bound(member_pb2_grpc.MemberServiceStub(self.channel), self.metadata)
         self.quotas = _Bound(quota_pb2_grpc.QuotaServiceStub(self.channel), self.metadata)
         self.modules = _Bound(module_pb2_grpc.ModuleServiceStub(self.channel), self.metadata)
+        self.webhooks = _Bound(webhook_pb2_grpc.WebhookServiceStub(self.channel), self.metadata)
 
     def metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.token}")] if self.token else []

@@ -60,7 +60,7 @@ class DueDelivery:
     id: uuid.UUID
     webhook_id: uuid.UUID
     attempts: int
-    created_at: dt.datetime
+    first_attempt_at: dt.datetime | None
     url: str
     secret_salt: bytes
     event_id: uuid.UUID
@@ -192,7 +192,7 @@ async def requeue(
 
 
 _CLAIM = """
-SELECT d.org_id, d.id, d.webhook_id, d.attempts, d.created_at, w.url, w.secret_salt,
+SELECT d.org_id, d.id, d.webhook_id, d.attempts, d.first_attempt_at, w.url, w.secret_salt,
        e.id AS event_id, e.type AS event_type, e.created_at AS event_created_at, e.data,
        o.name AS org_name
 FROM webhook_deliveries d
@@ -217,12 +217,20 @@ async def claim_next(conn: AsyncConnection) -> DueDelivery | None:
         return await cur.fetchone()
 
 
+# What every attempt records, whatever its outcome.
+_ATTEMPTED = sql.SQL(
+    "attempts = attempts + 1, status_code = %s, last_error = %s, last_attempt_at = now(),"
+    " first_attempt_at = coalesce(first_attempt_at, now())"
+)
+
+
 async def mark_delivered(conn: AsyncConnection, due: DueDelivery, status_code: int) -> None:
     await conn.execute(
-        "UPDATE webhook_deliveries SET state = 'delivered', attempts = attempts + 1,"
-        " status_code = %s, last_error = '', last_attempt_at = now(), finished_at = now()"
-        " WHERE org_id = %s AND id = %s",
-        [status_code, due.org_id, due.id],
+        sql.SQL(
+            "UPDATE webhook_deliveries SET {}, state = 'delivered', finished_at = now()"
+            " WHERE org_id = %s AND id = %s"
+        ).format(_ATTEMPTED),
+        [status_code, "", due.org_id, due.id],
     )
     await conn.execute(
         "UPDATE webhooks SET consecutive_failures = 0"
@@ -235,9 +243,10 @@ async def mark_retry(
     conn: AsyncConnection, due: DueDelivery, status_code: int, error: str, retry_in: dt.timedelta
 ) -> None:
     await conn.execute(
-        "UPDATE webhook_deliveries SET attempts = attempts + 1, status_code = %s,"
-        " last_error = %s, last_attempt_at = now(), next_attempt_at = now() + %s"
-        " WHERE org_id = %s AND id = %s",
+        sql.SQL(
+            "UPDATE webhook_deliveries SET {}, next_attempt_at = now() + %s"
+            " WHERE org_id = %s AND id = %s"
+        ).format(_ATTEMPTED),
         [status_code, error[:1000], retry_in, due.org_id, due.id],
     )
 
@@ -245,9 +254,10 @@ async def mark_retry(
 async def mark_failed(conn: AsyncConnection, due: DueDelivery, status_code: int, error: str) -> int:
     """The delivery is given up; returns the webhook's failed deliveries in a row."""
     await conn.execute(
-        "UPDATE webhook_deliveries SET state = 'failed', attempts = attempts + 1,"
-        " status_code = %s, last_error = %s, last_attempt_at = now(), finished_at = now()"
-        " WHERE org_id = %s AND id = %s",
+        sql.SQL(
+            "UPDATE webhook_deliveries SET {}, state = 'failed', finished_at = now()"
+            " WHERE org_id = %s AND id = %s"
+        ).format(_ATTEMPTED),
         [status_code, error[:1000], due.org_id, due.id],
     )
     cur = await conn.execute(
