@@ -23,7 +23,7 @@ import grpc
 import psycopg
 import pytest
 from google.protobuf import field_mask_pb2
-from spoke.v1 import member_pb2, module_pb2, organization_pb2, user_pb2, webhook_pb2
+from spoke.v1 import member_pb2, module_pb2, organization_pb2, quota_pb2, user_pb2, webhook_pb2
 
 from spoke_grpc.bootstrap import ensure_bootstrap_admin
 from spoke_grpc.config import Settings
@@ -475,3 +475,97 @@ def test_two_server_processes_deliver_50_events_once_each_in_order(
             assert all(verify(r, created.secret) for r in receiver.received)
     finally:
         harness.drop_database(pg_admin_url, url)
+
+
+# --- usage alerts --------------------------------------------------------------------------
+
+
+def set_limit(admin: Client, org: str, field: str, value: int) -> None:
+    admin.quotas.UpdateQuotas(
+        quota_pb2.UpdateQuotasRequest(
+            org=org,
+            quotas=quota_pb2.Quotas(**{field: value}),
+            update_mask=field_mask_pb2.FieldMask(paths=[field]),
+        )
+    )
+
+
+def alerts(receiver: Receiver) -> list[tuple[str, int]]:
+    return [
+        (r.json["data"]["quota"], r.json["data"]["threshold_percent"])
+        for r in receiver.received
+        if r.json["type"] == "quota.threshold_crossed"
+    ]
+
+
+def test_crossing_80_percent_of_a_limit_emits_one_event_per_period(hooks: Hooks) -> None:
+    org = new_org(hooks.admin)
+    set_limit(hooks.admin, org, "max_modules", 5)
+    with receiving(Receiver()) as receiver:
+        create_webhook(hooks.admin, org, receiver.url, ["quota.threshold_crossed"])
+        for i in range(4):  # 4 of 5: 80%
+            hooks.admin.modules.CreateModule(
+                module_pb2.CreateModuleRequest(org=org, name=f"mod{i}")
+            )
+        hooks.run_once()
+        receiver.wait_for(1)
+        assert alerts(receiver) == [("modules", 80)]
+        payload = receiver.received[0].json["data"]
+        assert (payload["used"], payload["limit"]) == (4, 5)
+        # Down and up again in the same month: no second alert for 80%.
+        hooks.admin.modules.DeleteModule(module_pb2.DeleteModuleRequest(org=org, module="mod0"))
+        hooks.admin.modules.CreateModule(module_pb2.CreateModuleRequest(org=org, name="mod0"))
+        assert hooks.run_once() == 0
+        hooks.admin.modules.CreateModule(module_pb2.CreateModuleRequest(org=org, name="mod4"))
+        hooks.run_once()
+        receiver.wait_for(2)
+    assert alerts(receiver) == [("modules", 80), ("modules", 100)]
+
+
+def test_thresholds_are_an_org_setting(hooks: Hooks) -> None:
+    org = new_org(hooks.admin)
+    set_limit(hooks.admin, org, "max_modules", 10)
+    bad = harness.failure(
+        lambda: hooks.admin.orgs.UpdateOrganization(
+            organization_pb2.UpdateOrganizationRequest(
+                org=org,
+                organization=organization_pb2.Organization(
+                    settings={"quota_alert_thresholds": "80,abc"}
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=["settings"]),
+            )
+        )
+    )
+    assert bad.code is grpc.StatusCode.INVALID_ARGUMENT
+    hooks.admin.orgs.UpdateOrganization(
+        organization_pb2.UpdateOrganizationRequest(
+            org=org,
+            organization=organization_pb2.Organization(settings={"quota_alert_thresholds": "20"}),
+            update_mask=field_mask_pb2.FieldMask(paths=["settings"]),
+        )
+    )
+    with receiving(Receiver()) as receiver:
+        create_webhook(hooks.admin, org, receiver.url, ["quota.threshold_crossed"])
+        for i in range(2):
+            hooks.admin.modules.CreateModule(
+                module_pb2.CreateModuleRequest(org=org, name=f"set{i}")
+            )
+        hooks.run_once()
+        receiver.wait_for(1)
+    assert alerts(receiver) == [("modules", 20)]
+
+
+def test_api_requests_alert_after_the_usage_flush(hooks: Hooks) -> None:
+    made = hooks.admin.users.CreateUser(user_pb2.CreateUserRequest(email="busy@hooks.example"))
+    owner = Client(hooks.admin.channel, made.token)
+    org = f"busy-{next(_orgs)}"
+    owner.orgs.CreateOrganization(organization_pb2.CreateOrganizationRequest(name=org))
+    set_limit(hooks.admin, org, "max_api_requests_per_hour", 10)
+    with receiving(Receiver()) as receiver:
+        create_webhook(hooks.admin, org, receiver.url, ["quota.threshold_crossed"])
+        for _ in range(8):  # the owner's calls count; the platform admin's do not
+            owner.orgs.GetOrganization(organization_pb2.GetOrganizationRequest(org=org))
+        assert hooks.server.run(hooks.server.server.usage.flush())
+        hooks.run_once()
+        receiver.wait_for(1)
+    assert alerts(receiver) == [("api_requests_per_hour", 80)]

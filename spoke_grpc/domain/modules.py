@@ -29,7 +29,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from spoke_grpc.compiler import Compiler, DependencyFiles, SourceFile
-from spoke_grpc.domain import compilation, events, quotas
+from spoke_grpc.domain import compilation, events, quotas, usage_alerts
 from spoke_grpc.domain.events import EventType
 from spoke_grpc.errors import (
     AlreadyExists,
@@ -180,6 +180,7 @@ async def create_module(
     )
     await quotas.record_gauges(conn, org)
     await _audit(conn, method, principal, org, _target(org, module))
+    await usage_alerts.check_allocations(conn, org)
     await _emit(conn, org, EventType.MODULE_CREATED, module, principal)
     return module
 
@@ -550,6 +551,7 @@ async def create_version(
     )
     await quotas.record_gauges(conn, org)
     await _audit(conn, method, principal, org, f"{_target(org, module)}/versions/{new.version}")
+    await usage_alerts.check_allocations(conn, org, module_id=module.id)
     await _emit(
         conn,
         org,
