@@ -40,6 +40,12 @@ CREATE TABLE webhooks (
     disabled_reason      text NOT NULL DEFAULT '' CHECK (length(disabled_reason) <= 1000),
     -- Deliveries that failed for good in a row; reset by a delivered one.
     consecutive_failures integer NOT NULL DEFAULT 0 CHECK (consecutive_failures >= 0),
+    -- When the server disabled it (NULL when enabled or disabled by an admin), and the
+    -- email telling the org's admins: sent, attempts, next attempt.
+    disabled_at          timestamptz,
+    notice_sent_at       timestamptz,
+    notice_attempts      integer NOT NULL DEFAULT 0 CHECK (notice_attempts >= 0),
+    notice_next_at       timestamptz NOT NULL DEFAULT now(),
     created_by           uuid REFERENCES users (id) ON DELETE SET NULL,
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now(),
@@ -78,7 +84,7 @@ CREATE INDEX webhook_deliveries_list_idx
     ON webhook_deliveries (org_id, webhook_id, created_at DESC, id DESC);
 
 -- Usage alerts sent: one per organization, quota, threshold (percent) and period (the
--- hour for API requests, the month otherwise); emailed_at once its email went out.
+-- hour for API requests, the month otherwise), and the email telling the org's admins.
 CREATE TABLE quota_alerts (
     org_id     uuid NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
     quota      text NOT NULL CHECK (length(quota) BETWEEN 1 AND 200),
@@ -86,8 +92,12 @@ CREATE TABLE quota_alerts (
     period     text NOT NULL CHECK (length(period) BETWEEN 1 AND 32),
     used       bigint NOT NULL,
     quota_limit bigint NOT NULL,
-    emailed_at timestamptz,
-    created_at timestamptz NOT NULL DEFAULT now(),
+    notice_sent_at  timestamptz,
+    notice_attempts integer NOT NULL DEFAULT 0 CHECK (notice_attempts >= 0),
+    notice_next_at  timestamptz NOT NULL DEFAULT now(),
+    created_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (org_id, quota, threshold, period)
 );
-CREATE INDEX quota_alerts_unmailed_idx ON quota_alerts (created_at) WHERE emailed_at IS NULL;
+CREATE INDEX quota_alerts_notice_idx ON quota_alerts (notice_next_at) WHERE notice_sent_at IS NULL;
+CREATE INDEX webhooks_notice_idx ON webhooks (notice_next_at)
+    WHERE disabled_at IS NOT NULL AND notice_sent_at IS NULL;

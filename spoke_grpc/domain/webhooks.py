@@ -141,6 +141,7 @@ async def update_webhook(
         if update.enabled:
             changes["disabled_reason"] = ""
             changes["consecutive_failures"] = 0
+            changes["disabled_at"] = None
         elif current.enabled:
             changes["disabled_reason"] = "disabled by an admin"
     row = await store.update_webhook(conn, org.id, current.id, changes)

@@ -273,7 +273,8 @@ async def disable(
     conn: AsyncConnection, org_id: uuid.UUID, webhook_id: uuid.UUID, reason: str
 ) -> None:
     await conn.execute(
-        "UPDATE webhooks SET enabled = false, disabled_reason = %s, updated_at = now()"
-        " WHERE org_id = %s AND id = %s",
+        "UPDATE webhooks SET enabled = false, disabled_reason = %s, updated_at = now(),"
+        " disabled_at = now(), notice_sent_at = NULL, notice_attempts = 0,"
+        " notice_next_at = now() WHERE org_id = %s AND id = %s",
         [reason[:1000], org_id, webhook_id],
     )
