@@ -29,6 +29,17 @@ CREATE TABLE events (
     PRIMARY KEY (org_id, seq)
 );
 
+-- Watchers (EventService.WatchEvents) are woken when their organization has a new event:
+-- the notification is sent at commit, so what it announces is visible.
+CREATE FUNCTION spoke_events_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('spoke_events', NEW.org_id::text);
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER events_notify AFTER INSERT ON events
+    FOR EACH ROW EXECUTE FUNCTION spoke_events_notify();
+
 CREATE TABLE webhooks (
     org_id               uuid NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
     id                   uuid NOT NULL DEFAULT gen_random_uuid(),

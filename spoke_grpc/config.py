@@ -109,6 +109,10 @@ class Settings:
     webhook_retry_max_seconds: float = 3600.0
     webhook_retry_window_seconds: float = 86400.0
     webhook_max_failures: int = 10
+    # EventService.WatchEvents: seconds a send may wait for a slow client before it is cut
+    # off, and streams one process serves at once (0: no cap).
+    watch_send_timeout_seconds: float = 10.0
+    max_watchers: int = 1000
 
     @property
     def public_target(self) -> tuple[str, bool]:
@@ -278,6 +282,10 @@ class Settings:
             webhook_retry_window_seconds=number(
                 "SPOKE_WEBHOOK_RETRY_WINDOW", defaults.webhook_retry_window_seconds
             ),
+            watch_send_timeout_seconds=number(
+                "SPOKE_WATCH_SEND_TIMEOUT", defaults.watch_send_timeout_seconds, minimum=0.01
+            ),
+            max_watchers=int(number("SPOKE_MAX_WATCHERS", defaults.max_watchers)),
             webhook_max_failures=int(
                 number("SPOKE_WEBHOOK_MAX_FAILURES", defaults.webhook_max_failures, minimum=1)
             ),

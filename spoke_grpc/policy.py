@@ -13,6 +13,7 @@ from types import ModuleType
 
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 from spoke.v1 import (
+    event_pb2,
     member_pb2,
     module_pb2,
     organization_pb2,
@@ -31,6 +32,7 @@ PROTO_MODULES: tuple[ModuleType, ...] = (
     quota_pb2,
     module_pb2,
     webhook_pb2,
+    event_pb2,
 )
 
 

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from opentelemetry.trace import TracerProvider
 from spoke.v1 import (
+    event_pb2_grpc,
     member_pb2_grpc,
     module_pb2_grpc,
     organization_pb2_grpc,
@@ -41,6 +42,7 @@ from spoke_grpc.cache import AccessCache, CacheListener
 from spoke_grpc.compiler import Compiler
 from spoke_grpc.config import ConfigError, Settings
 from spoke_grpc.database import check_session, connect, create_pool, pool_is_full
+from spoke_grpc.event_stream import EventHub
 from spoke_grpc.health import DatabaseHealth
 from spoke_grpc.interceptors.anonymous_rate import AnonymousRateInterceptor
 from spoke_grpc.interceptors.audit import AuditInterceptor
@@ -57,6 +59,7 @@ from spoke_grpc.mailer import InvitationMailer
 from spoke_grpc.pagination import PageTokens, load_key
 from spoke_grpc.policy import POLICIES, services, unenforceable
 from spoke_grpc.reflection import enable_reflection
+from spoke_grpc.servicers.events import EventServicer
 from spoke_grpc.servicers.members import MemberServicer
 from spoke_grpc.servicers.modules import ModuleServicer
 from spoke_grpc.servicers.organizations import OrganizationServicer
@@ -141,6 +144,7 @@ class SpokeServer:
         )
         self.cache = AccessCache()
         self.cache_listener = CacheListener(self.cache, self.direct_url, self.settings)
+        self.events = EventHub(self.direct_url, self.settings)
         self.usage = UsageBuffer(
             self.pool, self.settings.usage_flush_interval_seconds, clock=self.clock
         )
@@ -252,6 +256,7 @@ class SpokeServer:
         self.usage.start()
         self.cache_listener.start()
         self.webhooks.start()
+        self.events.start()
         if self.mailer is not None:
             self.mailer.start()
         else:
@@ -311,6 +316,9 @@ class SpokeServer:
         module_pb2_grpc.add_ModuleServiceServicer_to_server(ModuleServicer(self.app), server)
         quota_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaServicer(self.app), server)
         webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(self.app), server)
+        event_pb2_grpc.add_EventServiceServicer_to_server(
+            EventServicer(self.app, self.events), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         health = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection([*(s.full_name for s in services()), health], server)
@@ -324,6 +332,7 @@ class SpokeServer:
             self._server = None
         await self.usage.stop()  # after the drain: the last calls' counts are written too
         await self.cache_listener.stop()
+        await self.events.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
         if self.mailer is not None:

@@ -22,6 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from psycopg import sql
 from spoke.v1 import (
+    event_pb2_grpc,
     member_pb2_grpc,
     module_pb2_grpc,
     organization_pb2_grpc,
@@ -145,6 +146,7 @@ class Client:
     quotas: Any = field(init=False)
     modules: Any = field(init=False)
     webhooks: Any = field(init=False)
+    events: Any = field(init=False)
 
     def __post_init__(self) -> None:
         self.users = _Bound(user_pb2_grpc.UserServiceStub(self.channel), self.metadata)
@@ -155,6 +157,7 @@ class Client:
         self.quotas = _Bound(quota_pb2_grpc.QuotaServiceStub(self.channel), self.metadata)
         self.modules = _Bound(module_pb2_grpc.ModuleServiceStub(self.channel), self.metadata)
         self.webhooks = _Bound(webhook_pb2_grpc.WebhookServiceStub(self.channel), self.metadata)
+        self.events = _Bound(event_pb2_grpc.EventServiceStub(self.channel), self.metadata)
 
     def metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.token}")] if self.token else []

@@ -16,11 +16,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
+from spoke_grpc.store.visibility import Reader, readable, sees_private
+
 WILDCARD = "*"
+# The one event type outsiders may watch, for public modules.
+PUBLIC_EVENT_TYPE = "version.created"
 
 
 @dataclass(frozen=True)
@@ -71,29 +75,58 @@ async def append(
     return event
 
 
-async def seq_of(conn: AsyncConnection, org_id: uuid.UUID, event_id: uuid.UUID) -> int | None:
-    """The number of the org's event ``event_id``; None if it has none such."""
-    cur = await conn.execute(
-        "SELECT seq FROM events WHERE org_id = %s AND id = %s", [org_id, event_id]
+def _watchable(reader: Reader) -> sql.Composable:
+    """Which of an org's events ``reader`` may watch (``e`` is the event row): every event
+    for those who see the org's private modules (members, platform admins), otherwise only
+    the ``version.created`` events of modules the reader may read (public ones), by the
+    one visibility rule, checked at each read."""
+    return sql.SQL(
+        "({private} OR (e.type = {version} AND EXISTS (SELECT 1 FROM modules m"
+        " WHERE m.org_id = e.org_id AND m.id = e.module_id AND {readable})))"
+    ).format(
+        private=sees_private(reader, sql.Identifier("e", "org_id")),
+        version=sql.Literal(PUBLIC_EVENT_TYPE),
+        readable=readable(reader, "m"),
     )
+
+
+async def seq_of(
+    conn: AsyncConnection, org_id: uuid.UUID, event_id: uuid.UUID, reader: Reader
+) -> int | None:
+    """The number of the org's event ``event_id``; None if it has none that ``reader`` may
+    watch."""
+    query = sql.SQL("SELECT e.seq FROM events e WHERE e.org_id = %s AND e.id = %s AND {}").format(
+        _watchable(reader)
+    )
+    cur = await conn.execute(query, [org_id, event_id])
     row = await cur.fetchone()
     return int(row[0]) if row else None
 
 
-async def after(
+async def last_seq(conn: AsyncConnection, org_id: uuid.UUID) -> int:
+    """The number of the org's last committed event (0: none)."""
+    cur = await conn.execute("SELECT coalesce(max(seq), 0) FROM events WHERE org_id = %s", [org_id])
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def watchable_after(
     conn: AsyncConnection,
     org_id: uuid.UUID,
     after_seq: int,
     types: Sequence[str],
+    reader: Reader,
     limit: int,
-) -> list[EventRow]:
-    """The org's events numbered after ``after_seq``, oldest first, of ``types`` (all when
-    empty)."""
-    async with conn.cursor(row_factory=class_row(EventRow)) as cur:
-        await cur.execute(
-            "SELECT org_id, seq, id, type, module_id, data, created_at FROM events"
-            " WHERE org_id = %s AND seq > %s AND (cardinality(%s::text[]) = 0 OR type = ANY (%s))"
-            " ORDER BY seq LIMIT %s",
-            [org_id, after_seq, list(types), list(types), limit],
-        )
-        return await cur.fetchall()
+) -> tuple[list[EventRow], int]:
+    """Up to ``limit`` events after ``after_seq`` that ``reader`` may watch, of ``types`` (all
+    when empty), oldest first; and the number read up to (the cursor to continue from)."""
+    query = sql.SQL(
+        "SELECT e.org_id, e.seq, e.id, e.type, e.module_id, e.data, e.created_at,"
+        " {watchable} AS shown FROM events e"
+        " WHERE e.org_id = %s AND e.seq > %s ORDER BY e.seq LIMIT %s"
+    ).format(watchable=_watchable(reader))
+    cur = await conn.execute(query, [org_id, after_seq, limit])
+    rows = await cur.fetchall()
+    wanted = set(types)
+    shown = [EventRow(*row[:7]) for row in rows if row[7] and (not wanted or row[3] in wanted)]
+    return shown, (int(rows[-1][1]) if rows else after_seq)
