@@ -239,6 +239,8 @@ class InvitationMailer:
     async def _handle_notice(self, conn: psycopg.AsyncConnection) -> bool:
         """Claims one due notice and emails it to every admin, in one transaction; False if
         none is due."""
+        if not await notices.any_due(conn):
+            return False
         async with conn.transaction():
             notice = await notices.claim_next(conn)
             if notice is None:

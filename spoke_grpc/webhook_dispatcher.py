@@ -153,6 +153,8 @@ class WebhookDispatcher:
     async def attempt(self, conn: psycopg.AsyncConnection, client: httpx.AsyncClient) -> bool:
         """Claims one due delivery, POSTs it and records the outcome, in one transaction;
         False if none is due."""
+        if not await store.any_due(conn):
+            return False
         async with conn.transaction():
             due = await store.claim_next(conn)
             if due is None:

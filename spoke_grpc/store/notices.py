@@ -66,6 +66,21 @@ _WHERE = {
 }
 
 
+async def any_due(conn: AsyncConnection) -> bool:
+    """Whether a notice may be due, one table at a time (see ``store.webhooks.any_due``)."""
+    for query in (
+        "SELECT EXISTS (SELECT 1 FROM quota_alerts WHERE notice_sent_at IS NULL"
+        " AND notice_next_at <= now() AND created_at > now() - %s)",
+        "SELECT EXISTS (SELECT 1 FROM webhooks WHERE disabled_at > now() - %s"
+        " AND notice_sent_at IS NULL AND notice_next_at <= now())",
+    ):
+        cur = await conn.execute(query, [STALE_AFTER])
+        row = await cur.fetchone()
+        if row and row[0]:
+            return True
+    return False
+
+
 async def claim_next(conn: AsyncConnection) -> DueNotice | None:
     """Locks the next due notice no other process holds, in the caller's transaction."""
     async with conn.cursor(row_factory=class_row(DueNotice)) as cur:
