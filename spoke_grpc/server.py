@@ -6,6 +6,11 @@ check (decoding, text) → unit of work (one connection, one transaction for wri
 deadline, retries) → audit → auth (caller and org in one statement) → org context (access
 rules) → usage → quota → servicer.
 
+The streaming ``EventService/WatchEvents`` passes the request check's decoding only and
+applies the rest of the policy itself (``spoke_grpc.servicers.events``). Background tasks
+beside the calls: the usage flush, the cache listener, the webhook dispatcher, the event
+listener that wakes watch streams, and the mailer (when email is on).
+
 Lifecycle: ``start`` checks that every RPC's policy can be enforced, opens the pool and
 serves; ``stop`` turns health NOT_SERVING, refuses new calls, lets in-flight calls finish
 within the grace period, then closes the pool. The port is bound exclusively (no

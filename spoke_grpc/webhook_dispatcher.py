@@ -98,8 +98,8 @@ class WebhookDispatcher:
     """
 
     def __init__(self, settings: Settings, database_url: str, key: bytes) -> None:
-        self._settings = settings
-        self._database_url = database_url
+        self.settings = settings
+        self.database_url = database_url
         self._key = key
         self._targets = TargetPolicy(
             allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private
@@ -114,12 +114,12 @@ class WebhookDispatcher:
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._run(_Sender(self)), name=f"webhook-dispatcher-{i}")
-            for i in range(self._settings.webhook_workers)
+            for i in range(self.settings.webhook_workers)
         ]
         log.info(
             "delivering webhooks with %d senders every %gs",
-            self._settings.webhook_workers,
-            self._settings.webhook_interval_seconds,
+            self.settings.webhook_workers,
+            self.settings.webhook_interval_seconds,
         )
 
     async def stop(self) -> None:
@@ -127,13 +127,17 @@ class WebhookDispatcher:
         tasks, self._tasks = self._tasks, []
         if tasks:
             _, pending = await asyncio.wait(
-                tasks, timeout=self._settings.webhook_timeout_seconds + 5
+                tasks, timeout=self.settings.webhook_timeout_seconds + 5
             )
             for task in pending:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self._once.close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     async def run_once(self) -> int:
         """Handles every delivery due now; returns how many attempts were made."""
@@ -145,7 +149,7 @@ class WebhookDispatcher:
                 await sender.tick()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
-                        self._stopping.wait(), self._settings.webhook_interval_seconds
+                        self._stopping.wait(), self.settings.webhook_interval_seconds
                     )
         finally:
             await sender.close()
@@ -183,7 +187,7 @@ class WebhookDispatcher:
         # The TLS server name (and the certificate check) is the URL's host, not the IP.
         extensions = {"sni_hostname": target.host} if target.url.startswith("https:") else {}
         try:
-            async with asyncio.timeout(self._settings.webhook_timeout_seconds):
+            async with asyncio.timeout(self.settings.webhook_timeout_seconds):
                 async with client.stream(
                     "POST", target.url, content=content, headers=headers, extensions=extensions
                 ) as response:
@@ -208,8 +212,8 @@ class WebhookDispatcher:
         self.failed_attempts += 1
         attempts = due.attempts + 1
         first = due.first_attempt_at or datetime.now(UTC)
-        delay = retry_delay(self._settings, attempts)
-        window = timedelta(seconds=self._settings.webhook_retry_window_seconds)
+        delay = retry_delay(self.settings, attempts)
+        window = timedelta(seconds=self.settings.webhook_retry_window_seconds)
         if outcome.retry and datetime.now(UTC) + delay - first <= window:
             await store.mark_retry(conn, due, outcome.status, outcome.error, delay)
             log.info(
@@ -228,9 +232,9 @@ class WebhookDispatcher:
         log.warning("webhook %s: delivery %s failed for good: %s", due.webhook_id, due.id, error)
         reason = ""
         if outcome.retry:
-            hours = self._settings.webhook_retry_window_seconds / 3600
+            hours = self.settings.webhook_retry_window_seconds / 3600
             reason = f"deliveries failed for {hours:g} h: {error}"
-        elif in_a_row >= self._settings.webhook_max_failures:
+        elif in_a_row >= self.settings.webhook_max_failures:
             reason = f"{in_a_row} deliveries in a row failed; the last: {error}"
         if reason:
             await store.disable(conn, due.org_id, due.webhook_id, reason)
@@ -253,7 +257,7 @@ class _Sender:
             try:
                 conn = await self._connection()
                 client = self._http()
-                while not self._dispatcher._stopping.is_set() and await self._dispatcher.attempt(
+                while not self._dispatcher.stopping and await self._dispatcher.attempt(
                     conn, client
                 ):
                     handled += 1
@@ -279,7 +283,7 @@ class _Sender:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            timeout = self._dispatcher._settings.webhook_timeout_seconds
+            timeout = self._dispatcher.settings.webhook_timeout_seconds
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(timeout),
                 follow_redirects=False,
@@ -290,10 +294,10 @@ class _Sender:
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:
-            settings = self._dispatcher._settings
+            settings = self._dispatcher.settings
             async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
                 self._conn = await connect(
-                    self._dispatcher._database_url,
+                    self._dispatcher.database_url,
                     settings,
                     autocommit=True,
                     connect_timeout=CONNECT_TIMEOUT_SECONDS,

@@ -37,6 +37,7 @@ from spoke.v1 import member_pb2, module_pb2, organization_pb2, quota_pb2
 from spoke_grpc.bootstrap import ensure_bootstrap_admin
 from spoke_grpc.config import ConfigError, Settings, SmtpServer, parse_smtp_url
 from spoke_grpc.mailer import NOT_PENDING, InvitationMailer, compose, retry_delay
+from spoke_grpc.store import webhooks as webhook_store
 from spoke_grpc.store.outbox import DueEmail
 from spoke_grpc.tokens import INVITATION_TOKEN_PREFIX
 from spoke_grpc.types import Role
@@ -666,3 +667,38 @@ def test_a_usage_alert_is_emailed_to_the_orgs_admins(
     assert "80% of the" in alerts[0].body and "4 of 5" in alerts[0].body
     mailer_pass(mail_server)
     assert len([r for r in inbox.received if "usage alert" in str(r.message["Subject"])]) == 2
+
+
+def test_a_webhook_the_server_disabled_is_emailed_to_the_orgs_admins(
+    mail_server: ServerThread, mail_users: Users, mail_db: psycopg.Connection[Any], inbox: Inbox
+) -> None:
+    """Issue 17: the dispatcher disabling a webhook (here: its store call) tells the org's
+    admins, once; a webhook an admin disabled is not emailed about."""
+    owner = mail_users.create("owner")
+    owner.orgs.CreateOrganization(organization_pb2.CreateOrganizationRequest(name="hooked"))
+    ids = []
+    for _ in range(2):
+        row = mail_db.execute(
+            "INSERT INTO webhooks (org_id, url, events, secret_salt)"
+            " SELECT id, 'https://ci.example.com/hook', ARRAY['*'], decode(repeat('ab', 32), 'hex')"
+            " FROM organizations WHERE name = 'hooked' RETURNING org_id, id"
+        ).fetchone()
+        assert row is not None
+        ids.append(row)
+    org_id, failing = ids[0]
+    mail_server.run(webhook_store_disable(mail_server, org_id, failing))
+    mail_db.execute("UPDATE webhooks SET enabled = false WHERE id = %s", [ids[1][1]])
+    mailer_pass(mail_server)
+    notices = [r for r in inbox.received if "webhook disabled" in str(r.message["Subject"])]
+    assert [r.recipients for r in notices] == [[owner.email]]
+    assert "https://ci.example.com/hook" in notices[0].body
+    assert "10 deliveries in a row failed" in notices[0].body
+    mailer_pass(mail_server)
+    assert len([r for r in inbox.received if "webhook disabled" in str(r.message["Subject"])]) == 1
+
+
+async def webhook_store_disable(server: ServerThread, org_id: Any, webhook_id: Any) -> None:
+    async with server.server.pool.connection() as conn:
+        await webhook_store.disable(
+            conn, org_id, webhook_id, "10 deliveries in a row failed; the last: HTTP 410"
+        )
