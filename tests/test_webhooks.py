@@ -9,6 +9,7 @@ says. The two-process test runs real ``spoke-grpc serve`` processes whose sender
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -569,3 +570,29 @@ def test_api_requests_alert_after_the_usage_flush(hooks: Hooks) -> None:
         hooks.run_once()
         receiver.wait_for(1)
     assert alerts(receiver) == [("api_requests_per_hour", 80)]
+
+
+def test_retries_end_with_the_window_and_disable_the_webhook(hooks: Hooks) -> None:
+    """5xx is retried only within SPOKE_WEBHOOK_RETRY_WINDOW from the first attempt; then
+    the delivery fails and the webhook, failing that long, is disabled."""
+    org = new_org(hooks.admin)
+    with receiving(Receiver(default=503)) as receiver:
+        created = create_webhook(hooks.admin, org, receiver.url, ["module.created"])
+        hooks.admin.modules.CreateModule(module_pb2.CreateModuleRequest(org=org, name="late"))
+        short = WebhookDispatcher(
+            dataclasses.replace(
+                HOOK_SETTINGS, webhook_retry_base_seconds=60, webhook_retry_window_seconds=30
+            ),
+            hooks.url,
+            hooks.server.server.app.webhook_key,
+        )
+        assert hooks.server.run(short.run_once()) == 1
+        hooks.server.run(short.stop())
+    assert len(receiver.received) == 1
+    (delivery,) = deliveries(hooks.admin, org, created.webhook.id)
+    assert delivery.state == webhook_pb2.WEBHOOK_DELIVERY_STATE_FAILED
+    assert delivery.status_code == 503 and "gave up after 1 attempts" in delivery.last_error
+    webhook = hooks.admin.webhooks.GetWebhook(
+        webhook_pb2.GetWebhookRequest(org=org, webhook_id=created.webhook.id)
+    ).webhook
+    assert not webhook.enabled and "deliveries failed for" in webhook.disabled_reason
