@@ -57,12 +57,19 @@ CREATE TABLE webhooks (
     notice_sent_at       timestamptz,
     notice_attempts      integer NOT NULL DEFAULT 0 CHECK (notice_attempts >= 0),
     notice_next_at       timestamptz NOT NULL DEFAULT now(),
+    -- A subscription to one module's versions, possibly another organization's public
+    -- module (no foreign key: the source may go away; the webhook then hears nothing).
+    source_org_id        uuid,
+    source_module_id     uuid,
     created_by           uuid REFERENCES users (id) ON DELETE SET NULL,
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (org_id, id)
+    PRIMARY KEY (org_id, id),
+    CHECK ((source_org_id IS NULL) = (source_module_id IS NULL))
 );
 CREATE INDEX webhooks_list_idx ON webhooks (org_id, created_at, id);
+CREATE INDEX webhooks_source_idx ON webhooks (source_org_id, source_module_id)
+    WHERE source_module_id IS NOT NULL;
 
 -- One row per event per webhook. The dispatcher claims the oldest pending row of a webhook
 -- FOR UPDATE SKIP LOCKED, and only when no older row of that webhook is pending: one event
@@ -72,6 +79,8 @@ CREATE TABLE webhook_deliveries (
     id              uuid NOT NULL DEFAULT gen_random_uuid(),
     seq             bigint GENERATED ALWAYS AS IDENTITY,
     webhook_id      uuid NOT NULL,
+    -- The event's organization: the webhook's own, or the source of a subscription.
+    event_org_id    uuid NOT NULL,
     event_seq       bigint NOT NULL,
     state           text NOT NULL DEFAULT 'pending'
                     CHECK (state IN ('pending', 'delivered', 'failed')),
@@ -85,7 +94,7 @@ CREATE TABLE webhook_deliveries (
     created_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (org_id, id),
     FOREIGN KEY (org_id, webhook_id) REFERENCES webhooks (org_id, id) ON DELETE CASCADE,
-    FOREIGN KEY (org_id, event_seq) REFERENCES events (org_id, seq) ON DELETE CASCADE
+    FOREIGN KEY (event_org_id, event_seq) REFERENCES events (org_id, seq) ON DELETE CASCADE
 );
 CREATE INDEX webhook_deliveries_queue_idx
     ON webhook_deliveries (org_id, webhook_id, seq) WHERE state = 'pending';
@@ -93,6 +102,7 @@ CREATE INDEX webhook_deliveries_due_idx
     ON webhook_deliveries (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_list_idx
     ON webhook_deliveries (org_id, webhook_id, created_at DESC, id DESC);
+CREATE INDEX webhook_deliveries_event_idx ON webhook_deliveries (event_org_id, event_seq);
 
 -- Usage alerts sent: one per organization, quota, threshold (percent) and period (the
 -- hour for API requests, the month otherwise), and the email telling the org's admins.

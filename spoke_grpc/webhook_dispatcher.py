@@ -66,7 +66,7 @@ def body(due: DueDelivery) -> bytes:
         "id": str(due.event_id),
         "type": due.event_type,
         "created_at": due.event_created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "org": {"id": str(due.org_id), "name": due.org_name},
+        "org": {"id": str(due.event_org_id), "name": due.org_name},
         "data": due.data,
     }
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
@@ -168,6 +168,8 @@ class WebhookDispatcher:
         return True
 
     async def _post(self, client: httpx.AsyncClient, due: DueDelivery) -> Outcome:
+        if not due.visible:  # the one visibility rule, checked again at delivery
+            return Outcome(0, "the subscribed module is no longer public")
         try:
             target = await resolve(due.url, self._targets)
         except TargetRefused as exc:

@@ -596,3 +596,76 @@ def test_retries_end_with_the_window_and_disable_the_webhook(hooks: Hooks) -> No
         webhook_pb2.GetWebhookRequest(org=org, webhook_id=created.webhook.id)
     ).webhook
     assert not webhook.enabled and "deliveries failed for" in webhook.disabled_reason
+
+
+# --- subscriptions to another organization's public module ---------------------------------
+
+
+def test_an_admin_subscribes_to_another_orgs_public_module_versions(hooks: Hooks) -> None:
+    made = hooks.admin.users.CreateUser(user_pb2.CreateUserRequest(email="sub@hooks.example"))
+    subscriber = Client(hooks.admin.channel, made.token)
+    mine = f"mine-{next(_orgs)}"
+    subscriber.orgs.CreateOrganization(organization_pb2.CreateOrganizationRequest(name=mine))
+    theirs = new_org(hooks.admin)
+    for name, public in (("open", True), ("closed", False)):
+        hooks.admin.modules.CreateModule(
+            module_pb2.CreateModuleRequest(org=theirs, name=name, is_public=public)
+        )
+
+    def subscribe(module: str, events: list[str]) -> Any:
+        return subscriber.webhooks.CreateWebhook(
+            webhook_pb2.CreateWebhookRequest(
+                org=mine,
+                url=receiver.url,
+                events=events,
+                source_org=theirs,
+                source_module=module,
+            )
+        )
+
+    with receiving(Receiver()) as receiver:
+        # A private module of another org looks missing; other event types are refused.
+        hidden = harness.failure(lambda: subscribe("closed", ["version.created"]))
+        missing = harness.failure(lambda: subscribe("nothing", ["version.created"]))
+        assert hidden.code is missing.code is grpc.StatusCode.NOT_FOUND
+        assert hidden.message.replace("closed", "nothing") == missing.message
+        wrong = harness.failure(lambda: subscribe("open", ["*"]))
+        assert wrong.code is grpc.StatusCode.INVALID_ARGUMENT
+        created = subscribe("open", ["version.created"])
+        assert created.webhook.source_module_id
+        for module in ("open", "closed"):
+            push_version(hooks.admin, theirs, module, "v1.0.0")
+        hooks.admin.modules.CreateModule(module_pb2.CreateModuleRequest(org=theirs, name="more"))
+        hooks.run_once()
+        (got,) = receiver.wait_for(1)
+        assert got.json["org"]["name"] == theirs
+        assert (got.json["type"], got.json["data"]["module"]) == ("version.created", "open")
+        assert verify(got, created.secret)
+        # Made private, the module's versions stop reaching the subscriber.
+        hooks.admin.modules.UpdateModule(
+            module_pb2.UpdateModuleRequest(
+                org=theirs,
+                module="open",
+                update=module_pb2.Module(is_public=False),
+                update_mask=field_mask_pb2.FieldMask(paths=["is_public"]),
+            )
+        )
+        push_version(hooks.admin, theirs, "open", "v2.0.0")
+        assert hooks.run_once() == 0
+    assert len(receiver.received) == 1
+
+
+def push_version(client: Client, org: str, module: str, version: str) -> None:
+    package = f"{module}.v{version[1]}"
+    client.modules.CreateVersion(
+        module_pb2.CreateVersionRequest(
+            org=org,
+            module=module,
+            version=version,
+            files=[
+                module_pb2.ProtoFile(
+                    path="a.proto", content=f'syntax = "proto3";\npackage {package};\n'
+                )
+            ],
+        )
+    )

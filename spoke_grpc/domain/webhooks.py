@@ -17,12 +17,15 @@ from psycopg import AsyncConnection
 
 from spoke_grpc import webhook_secrets
 from spoke_grpc.domain.events import SUBSCRIBABLE
-from spoke_grpc.errors import InvalidArgument, NotFound
+from spoke_grpc.domain.modules import parse_module_ref
+from spoke_grpc.errors import FailedPrecondition, InvalidArgument, NotFound, PreconditionViolation
 from spoke_grpc.store import audit
 from spoke_grpc.store import webhooks as store
-from spoke_grpc.store.webhooks import DeliveryRow, WebhookRow
+from spoke_grpc.store.events import PUBLIC_EVENT_TYPE
+from spoke_grpc.store.visibility import Reader
+from spoke_grpc.store.webhooks import DeliveryRow, Source, WebhookRow
 from spoke_grpc.types import OrgContext, Principal
-from spoke_grpc.validation import Violations, required_uuid
+from spoke_grpc.validation import Violations, parse_org_ref, required_uuid
 from spoke_grpc.webhook_targets import TargetPolicy, TargetRefused, resolve
 
 MAX_DESCRIPTION = 1000
@@ -79,12 +82,22 @@ async def create_webhook(
     policy: TargetPolicy,
     principal: Principal,
     method: str,
+    source_org: str = "",
+    source_module: str = "",
 ) -> WebhookWithSecret:
     violations = Violations()
     violations.text("url", url, max_length=2048, required=True, multiline=False)
     kinds = _check_events(violations, "events", events)
     violations.text("description", description, max_length=MAX_DESCRIPTION)
+    if bool(source_org) != bool(source_module):
+        missing = "source_module" if source_org else "source_org"
+        violations.add(missing, "required with source_org and source_module: name both")
+    elif source_org and kinds != [PUBLIC_EVENT_TYPE]:
+        violations.add(
+            "events", f"a subscription to a module's versions takes only {PUBLIC_EVENT_TYPE!r}"
+        )
     violations.raise_if_any()
+    source = await _source(conn, org, source_org, source_module, principal) if source_org else None
     await _check_url("url", url, policy)
     webhook_id = uuid.uuid4()
     salt = webhook_secrets.new_salt()
@@ -97,9 +110,39 @@ async def create_webhook(
         description=description,
         secret_salt=salt,
         created_by=principal.user_id,
+        source=source,
     )
     await _audit(conn, method, principal, org, row.id)
     return WebhookWithSecret(row, webhook_secrets.secret(key, org.id, row.id, salt))
+
+
+async def _source(
+    conn: AsyncConnection, org: OrgContext, org_ref: str, module_ref: str, principal: Principal
+) -> Source:
+    """The subscribed module: one the caller may read, and public unless it is this org's.
+    A module the caller may not read is NOT_FOUND, with one message whether or not it
+    exists."""
+    parsed_org = parse_org_ref(org_ref)
+    parsed_module = parse_module_ref(module_ref, "source_module")
+    source = await store.find_source(
+        conn,
+        parsed_org.id,
+        parsed_org.name,
+        parsed_module.id,
+        parsed_module.name,
+        Reader.of(principal),
+    )
+    if source is None:
+        raise NotFound("module", f"{org_ref}/{module_ref}")
+    if source.org_id != org.id and not source.is_public:
+        raise FailedPrecondition(
+            PreconditionViolation(
+                type="MODULE_NOT_PUBLIC",
+                subject=f"organizations/{source.org_name}/modules/{source.module_name}",
+                description="only public modules of other organizations can be subscribed to",
+            )
+        )
+    return source
 
 
 async def get_webhook(
@@ -136,6 +179,13 @@ async def update_webhook(
     if update.url is not None:
         await _check_url("webhook.url", update.url, policy)
     current = await get_webhook(conn, org, ref, lock=True)
+    if current.source_module_id is not None and changes.get("events", [PUBLIC_EVENT_TYPE]) != [
+        PUBLIC_EVENT_TYPE
+    ]:
+        raise InvalidArgument.field(
+            "webhook.events",
+            f"a subscription to a module's versions takes only {PUBLIC_EVENT_TYPE!r}",
+        )
     if update.enabled is not None:
         changes["enabled"] = update.enabled
         if update.enabled:

@@ -21,7 +21,15 @@ _STATE_TO_PROTO = {
 }
 _WEBHOOK_KEY = (pagination.timestamp, pagination.uuid_part)
 _DELIVERY_KEY = (pagination.timestamp, pagination.uuid_part)
-_IMMUTABLE_PATHS = ("id", "org_id", "disabled_reason", "create_time", "update_time")
+_IMMUTABLE_PATHS = (
+    "id",
+    "org_id",
+    "disabled_reason",
+    "create_time",
+    "update_time",
+    "source_org_id",
+    "source_module_id",
+)
 
 
 def webhook_to_proto(row: WebhookRow) -> webhook_pb2.Webhook:
@@ -35,6 +43,8 @@ def webhook_to_proto(row: WebhookRow) -> webhook_pb2.Webhook:
         disabled_reason=row.disabled_reason,
         create_time=timestamp(row.created_at),
         update_time=timestamp(row.updated_at),
+        source_org_id=str(row.source_org_id or ""),
+        source_module_id=str(row.source_module_id or ""),
     )
 
 
@@ -72,6 +82,8 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
             url=request.url,
             events=list(request.events),
             description=request.description,
+            source_org=request.source_org,
+            source_module=request.source_module,
             key=self._app.webhook_key,
             policy=self._targets,
             principal=call.require_principal(),

@@ -20,11 +20,32 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from spoke_grpc.store.visibility import Reader, readable, sees_private
+from spoke_grpc.store.visibility import ANONYMOUS, Reader, readable, sees_private
 
 WILDCARD = "*"
 # The one event type outsiders may watch, for public modules.
 PUBLIC_EVENT_TYPE = "version.created"
+
+
+# The webhooks an event goes to: the organization's own, subscribed to its type (or to
+# everything), and subscriptions to the event's module's versions, from any organization
+# while the module is public (or from its own).
+_FAN_OUT = sql.SQL(
+    "INSERT INTO webhook_deliveries (org_id, webhook_id, event_org_id, event_seq)"
+    " SELECT w.org_id, w.id, %(org)s, %(seq)s FROM webhooks w"
+    " WHERE w.enabled AND ("
+    "   (w.org_id = %(org)s AND w.source_module_id IS NULL"
+    "    AND (%(type)s = ANY (w.events) OR {wildcard} = ANY (w.events)))"
+    "   OR (%(type)s = {version} AND w.source_org_id = %(org)s"
+    "    AND w.source_module_id = %(module)s"
+    "    AND (w.org_id = %(org)s OR EXISTS (SELECT 1 FROM modules m"
+    "         WHERE m.org_id = %(org)s AND m.id = %(module)s AND {public}))))"
+    " ORDER BY w.created_at, w.id"
+).format(
+    wildcard=sql.Literal("*"),
+    version=sql.Literal("version.created"),
+    public=readable(ANONYMOUS, "m"),
+)
 
 
 @dataclass(frozen=True)
@@ -66,11 +87,7 @@ async def append(
     if event is None:  # pragma: no cover
         raise RuntimeError("event not recorded")
     await conn.execute(
-        "INSERT INTO webhook_deliveries (org_id, webhook_id, event_seq)"
-        " SELECT org_id, id, %s FROM webhooks"
-        " WHERE org_id = %s AND enabled AND (%s = ANY (events) OR %s = ANY (events))"
-        " ORDER BY created_at, id",
-        [seq, org_id, event_type, WILDCARD],
+        _FAN_OUT, {"org": org_id, "seq": seq, "type": event_type, "module": module_id}
     )
     return event
 

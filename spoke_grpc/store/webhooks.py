@@ -19,6 +19,42 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import class_row
 
 from spoke_grpc.pagination import PageRequest
+from spoke_grpc.store.visibility import ANONYMOUS, Reader, readable
+
+
+@dataclass(frozen=True)
+class Source:
+    """A module whose versions a webhook subscribes to."""
+
+    org_id: uuid.UUID
+    org_name: str
+    module_id: uuid.UUID
+    module_name: str
+    is_public: bool
+
+
+async def find_source(
+    conn: AsyncConnection,
+    org_id: uuid.UUID | None,
+    org_name: str | None,
+    module_id: uuid.UUID | None,
+    module_name: str | None,
+    reader: Reader,
+) -> Source | None:
+    """The module (by id or name) of the organization (by id or name), if ``reader`` may
+    read it."""
+    org_column, org_value = ("id", org_id) if org_id is not None else ("name", org_name)
+    module_column, module_value = (
+        ("id", module_id) if module_id is not None else ("name", module_name)
+    )
+    query = sql.SQL(
+        "SELECT o.id AS org_id, o.name AS org_name, m.id AS module_id, m.name AS module_name,"
+        " m.is_public FROM organizations o JOIN modules m ON m.org_id = o.id"
+        " WHERE o.{} = %s AND m.{} = %s AND {}"
+    ).format(sql.Identifier(org_column), sql.Identifier(module_column), readable(reader, "m"))
+    async with conn.cursor(row_factory=class_row(Source)) as cur:
+        await cur.execute(query, [org_value, module_value])
+        return await cur.fetchone()
 
 
 @dataclass(frozen=True)
@@ -32,6 +68,8 @@ class WebhookRow:
     enabled: bool
     disabled_reason: str
     consecutive_failures: int
+    source_org_id: uuid.UUID | None
+    source_module_id: uuid.UUID | None
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -67,18 +105,20 @@ class DueDelivery:
     event_type: str
     event_created_at: dt.datetime
     data: dict[str, Any]
-    org_name: str
+    event_org_id: uuid.UUID  # the event's organization (another one's, for a subscription)
+    org_name: str  # the event organization's name
+    visible: bool  # False: a subscribed module is no longer public
 
 
 _WEBHOOK = sql.SQL(
     "org_id, id, url, events, description, secret_salt, enabled, disabled_reason,"
-    " consecutive_failures, created_at, updated_at"
+    " consecutive_failures, source_org_id, source_module_id, created_at, updated_at"
 )
 _DELIVERY = sql.SQL(
     "d.org_id, d.id, d.webhook_id, e.id AS event_id, e.type AS event_type, d.state,"
     " d.attempts, d.status_code, d.last_error, d.next_attempt_at, d.last_attempt_at,"
     " d.created_at FROM webhook_deliveries d"
-    " JOIN events e ON (e.org_id, e.seq) = (d.org_id, d.event_seq)"
+    " JOIN events e ON (e.org_id, e.seq) = (d.event_org_id, d.event_seq)"
 )
 UPDATABLE = ("url", "events", "description", "enabled")
 
@@ -93,14 +133,27 @@ async def insert_webhook(
     description: str,
     secret_salt: bytes,
     created_by: uuid.UUID,
+    source: Source | None = None,
 ) -> WebhookRow:
     query = sql.SQL(
-        "INSERT INTO webhooks (org_id, id, url, events, description, secret_salt, created_by)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {}"
+        "INSERT INTO webhooks (org_id, id, url, events, description, secret_salt, created_by,"
+        " source_org_id, source_module_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " RETURNING {}"
     ).format(_WEBHOOK)
     async with conn.cursor(row_factory=class_row(WebhookRow)) as cur:
         await cur.execute(
-            query, [org_id, webhook_id, url, list(events), description, secret_salt, created_by]
+            query,
+            [
+                org_id,
+                webhook_id,
+                url,
+                list(events),
+                description,
+                secret_salt,
+                created_by,
+                source.org_id if source else None,
+                source.module_id if source else None,
+            ],
         )
         row = await cur.fetchone()
     if row is None:  # pragma: no cover
@@ -182,8 +235,8 @@ async def requeue(
 ) -> uuid.UUID | None:
     """A new pending delivery of ``delivery_id``'s event, behind the webhook's queue."""
     cur = await conn.execute(
-        "INSERT INTO webhook_deliveries (org_id, webhook_id, event_seq)"
-        " SELECT org_id, webhook_id, event_seq FROM webhook_deliveries"
+        "INSERT INTO webhook_deliveries (org_id, webhook_id, event_org_id, event_seq)"
+        " SELECT org_id, webhook_id, event_org_id, event_seq FROM webhook_deliveries"
         " WHERE org_id = %s AND webhook_id = %s AND id = %s RETURNING id",
         [org_id, webhook_id, delivery_id],
     )
@@ -191,14 +244,18 @@ async def requeue(
     return row[0] if row else None
 
 
-_CLAIM = """
+_CLAIM = sql.SQL("""
 SELECT d.org_id, d.id, d.webhook_id, d.attempts, d.first_attempt_at, w.url, w.secret_salt,
        e.id AS event_id, e.type AS event_type, e.created_at AS event_created_at, e.data,
-       o.name AS org_name
+       e.org_id AS event_org_id, o.name AS org_name,
+       (w.source_module_id IS NULL OR w.source_org_id = w.org_id OR EXISTS (
+           SELECT 1 FROM modules m
+           WHERE m.org_id = w.source_org_id AND m.id = w.source_module_id AND {public}))
+           AS visible
 FROM webhook_deliveries d
 JOIN webhooks w ON (w.org_id, w.id) = (d.org_id, d.webhook_id)
-JOIN events e ON (e.org_id, e.seq) = (d.org_id, d.event_seq)
-JOIN organizations o ON o.id = d.org_id
+JOIN events e ON (e.org_id, e.seq) = (d.event_org_id, d.event_seq)
+JOIN organizations o ON o.id = e.org_id
 WHERE d.state = 'pending' AND d.next_attempt_at <= now() AND w.enabled
   AND NOT EXISTS (
       SELECT 1 FROM webhook_deliveries p
@@ -207,7 +264,7 @@ WHERE d.state = 'pending' AND d.next_attempt_at <= now() AND w.enabled
 ORDER BY d.next_attempt_at, d.seq
 LIMIT 1
 FOR UPDATE OF d SKIP LOCKED
-"""
+""").format(public=readable(ANONYMOUS, "m"))
 
 
 async def any_due(conn: AsyncConnection) -> bool:

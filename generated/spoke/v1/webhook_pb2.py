@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from spoke.v1 import policy_pb2 as spoke_dot_v1_dot_policy__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16spoke/v1/webhook.proto\x12\x08spoke.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15spoke/v1/policy.proto\"\xe3\x01\n\x07Webhook\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0e\n\x06\x65vents\x18\x04 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x06 \x01(\x08\x12\x17\n\x0f\x64isabled_reason\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe0\x02\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12-\n\x05state\x18\x05 \x01(\x0e\x32\x1e.spoke.v1.WebhookDeliveryState\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x13\n\x0bstatus_code\x18\x07 \x01(\x05\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_attempt_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x14\x43reateWebhookRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06\x65vents\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"K\n\x15\x43reateWebhookResponse\x12\"\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.spoke.v1.Webhook\x12\x0e\n\x06secret\x18\x02 \x01(\t\"I\n\x13ListWebhooksRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x14ListWebhooksResponse\x12#\n\x08webhooks\x18\x01 \x03(\x0b\x32\x11.spoke.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x11GetWebhookRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\"8\n\x12GetWebhookResponse\x12\"\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.spoke.v1.Webhook\"\x8c\x01\n\x14UpdateWebhookRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\"\n\x07webhook\x18\x03 \x01(\x0b\x32\x11.spoke.v1.Webhook\x12/\n\x0bupdate_mask\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\";\n\x15UpdateWebhookResponse\x12\"\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.spoke.v1.Webhook\"7\n\x14\x44\x65leteWebhookRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\"\x17\n\x15\x44\x65leteWebhookResponse\"=\n\x1aRotateWebhookSecretRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\"Q\n\x1bRotateWebhookSecretResponse\x12\"\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.spoke.v1.Webhook\x12\x0e\n\x06secret\x18\x02 \x01(\t\"f\n\x1cListWebhookDeliveriesRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"g\n\x1dListWebhookDeliveriesResponse\x12-\n\ndeliveries\x18\x01 \x03(\x0b\x32\x19.spoke.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x1fRedeliverWebhookDeliveryRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65livery_id\x18\x03 \x01(\t\"O\n RedeliverWebhookDeliveryResponse\x12+\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x19.spoke.v1.WebhookDelivery*\xab\x01\n\x14WebhookDeliveryState\x12&\n\"WEBHOOK_DELIVERY_STATE_UNSPECIFIED\x10\x00\x12\"\n\x1eWEBHOOK_DELIVERY_STATE_PENDING\x10\x01\x12$\n WEBHOOK_DELIVERY_STATE_DELIVERED\x10\x02\x12!\n\x1dWEBHOOK_DELIVERY_STATE_FAILED\x10\x03\x32\xa5\x06\n\x0eWebhookService\x12X\n\rCreateWebhook\x12\x1e.spoke.v1.CreateWebhookRequest\x1a\x1f.spoke.v1.CreateWebhookResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12W\n\x0cListWebhooks\x12\x1d.spoke.v1.ListWebhooksRequest\x1a\x1e.spoke.v1.ListWebhooksResponse\"\x08\xca\xf3\x18\x04\x08\x05\x10\x01\x12Q\n\nGetWebhook\x12\x1b.spoke.v1.GetWebhookRequest\x1a\x1c.spoke.v1.GetWebhookResponse\"\x08\xca\xf3\x18\x04\x08\x05\x10\x01\x12X\n\rUpdateWebhook\x12\x1e.spoke.v1.UpdateWebhookRequest\x1a\x1f.spoke.v1.UpdateWebhookResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12X\n\rDeleteWebhook\x12\x1e.spoke.v1.DeleteWebhookRequest\x1a\x1f.spoke.v1.DeleteWebhookResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12j\n\x13RotateWebhookSecret\x12$.spoke.v1.RotateWebhookSecretRequest\x1a%.spoke.v1.RotateWebhookSecretResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12r\n\x15ListWebhookDeliveries\x12&.spoke.v1.ListWebhookDeliveriesRequest\x1a\'.spoke.v1.ListWebhookDeliveriesResponse\"\x08\xca\xf3\x18\x04\x08\x05\x10\x01\x12y\n\x18RedeliverWebhookDelivery\x12).spoke.v1.RedeliverWebhookDeliveryRequest\x1a*.spoke.v1.RedeliverWebhookDeliveryResponse\"\x06\xca\xf3\x18\x02\x08\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16spoke/v1/webhook.proto\x12\x08spoke.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15spoke/v1/policy.proto\"\x94\x02\n\x07Webhook\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0e\n\x06\x65vents\x18\x04 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x06 \x01(\x08\x12\x17\n\x0f\x64isabled_reason\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rsource_org_id\x18\n \x01(\t\x12\x18\n\x10source_module_id\x18\x0b \x01(\t\"\xe0\x02\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12-\n\x05state\x18\x05 \x01(\x0e\x32\x1e.spoke.v1.WebhookDeliveryState\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x13\n\x0bstatus_code\x18\x07 \x01(\x05\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_attempt_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x14\x43reateWebhookRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06\x65vents\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x12\n\nsource_org\x18\x05 \x01(\t\x12\x15\n\rsource_module\x18\x06 \x01(\t\"K\n\x15\x43reateWebhookResponse\x12\"\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.spoke.v1.Webhook\x12\x0e\n\x06secret\x18\x02 \x01(\t\"I\n\x13ListWebhooksRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x14ListWebhooksResponse\x12#\n\x08webhooks\x18\x01 \x03(\x0b\x32\x11.spoke.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x11GetWebhookRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\"8\n\x12GetWebhookResponse\x12\"\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.spoke.v1.Webhook\"\x8c\x01\n\x14UpdateWebhookRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\"\n\x07webhook\x18\x03 \x01(\x0b\x32\x11.spoke.v1.Webhook\x12/\n\x0bupdate_mask\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\";\n\x15UpdateWebhookResponse\x12\"\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.spoke.v1.Webhook\"7\n\x14\x44\x65leteWebhookRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\"\x17\n\x15\x44\x65leteWebhookResponse\"=\n\x1aRotateWebhookSecretRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\"Q\n\x1bRotateWebhookSecretResponse\x12\"\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.spoke.v1.Webhook\x12\x0e\n\x06secret\x18\x02 \x01(\t\"f\n\x1cListWebhookDeliveriesRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"g\n\x1dListWebhookDeliveriesResponse\x12-\n\ndeliveries\x18\x01 \x03(\x0b\x32\x19.spoke.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x1fRedeliverWebhookDeliveryRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65livery_id\x18\x03 \x01(\t\"O\n RedeliverWebhookDeliveryResponse\x12+\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x19.spoke.v1.WebhookDelivery*\xab\x01\n\x14WebhookDeliveryState\x12&\n\"WEBHOOK_DELIVERY_STATE_UNSPECIFIED\x10\x00\x12\"\n\x1eWEBHOOK_DELIVERY_STATE_PENDING\x10\x01\x12$\n WEBHOOK_DELIVERY_STATE_DELIVERED\x10\x02\x12!\n\x1dWEBHOOK_DELIVERY_STATE_FAILED\x10\x03\x32\xa5\x06\n\x0eWebhookService\x12X\n\rCreateWebhook\x12\x1e.spoke.v1.CreateWebhookRequest\x1a\x1f.spoke.v1.CreateWebhookResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12W\n\x0cListWebhooks\x12\x1d.spoke.v1.ListWebhooksRequest\x1a\x1e.spoke.v1.ListWebhooksResponse\"\x08\xca\xf3\x18\x04\x08\x05\x10\x01\x12Q\n\nGetWebhook\x12\x1b.spoke.v1.GetWebhookRequest\x1a\x1c.spoke.v1.GetWebhookResponse\"\x08\xca\xf3\x18\x04\x08\x05\x10\x01\x12X\n\rUpdateWebhook\x12\x1e.spoke.v1.UpdateWebhookRequest\x1a\x1f.spoke.v1.UpdateWebhookResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12X\n\rDeleteWebhook\x12\x1e.spoke.v1.DeleteWebhookRequest\x1a\x1f.spoke.v1.DeleteWebhookResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12j\n\x13RotateWebhookSecret\x12$.spoke.v1.RotateWebhookSecretRequest\x1a%.spoke.v1.RotateWebhookSecretResponse\"\x06\xca\xf3\x18\x02\x08\x05\x12r\n\x15ListWebhookDeliveries\x12&.spoke.v1.ListWebhookDeliveriesRequest\x1a\'.spoke.v1.ListWebhookDeliveriesResponse\"\x08\xca\xf3\x18\x04\x08\x05\x10\x01\x12y\n\x18RedeliverWebhookDelivery\x12).spoke.v1.RedeliverWebhookDeliveryRequest\x1a*.spoke.v1.RedeliverWebhookDeliveryResponse\"\x06\xca\xf3\x18\x02\x08\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,44 +50,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEBHOOKSERVICE'].methods_by_name['ListWebhookDeliveries']._serialized_options = b'\312\363\030\004\010\005\020\001'
   _globals['_WEBHOOKSERVICE'].methods_by_name['RedeliverWebhookDelivery']._loaded_options = None
   _globals['_WEBHOOKSERVICE'].methods_by_name['RedeliverWebhookDelivery']._serialized_options = b'\312\363\030\002\010\005'
-  _globals['_WEBHOOKDELIVERYSTATE']._serialized_start=1960
-  _globals['_WEBHOOKDELIVERYSTATE']._serialized_end=2131
+  _globals['_WEBHOOKDELIVERYSTATE']._serialized_start=2053
+  _globals['_WEBHOOKDELIVERYSTATE']._serialized_end=2224
   _globals['_WEBHOOK']._serialized_start=127
-  _globals['_WEBHOOK']._serialized_end=354
-  _globals['_WEBHOOKDELIVERY']._serialized_start=357
-  _globals['_WEBHOOKDELIVERY']._serialized_end=709
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=711
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=796
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=798
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=873
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=875
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=948
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=950
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=1034
-  _globals['_GETWEBHOOKREQUEST']._serialized_start=1036
-  _globals['_GETWEBHOOKREQUEST']._serialized_end=1088
-  _globals['_GETWEBHOOKRESPONSE']._serialized_start=1090
-  _globals['_GETWEBHOOKRESPONSE']._serialized_end=1146
-  _globals['_UPDATEWEBHOOKREQUEST']._serialized_start=1149
-  _globals['_UPDATEWEBHOOKREQUEST']._serialized_end=1289
-  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_start=1291
-  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_end=1350
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1352
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1407
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=1409
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=1432
-  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=1434
-  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=1495
-  _globals['_ROTATEWEBHOOKSECRETRESPONSE']._serialized_start=1497
-  _globals['_ROTATEWEBHOOKSECRETRESPONSE']._serialized_end=1578
-  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=1580
-  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=1682
-  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=1684
-  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=1787
-  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST']._serialized_start=1789
-  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST']._serialized_end=1876
-  _globals['_REDELIVERWEBHOOKDELIVERYRESPONSE']._serialized_start=1878
-  _globals['_REDELIVERWEBHOOKDELIVERYRESPONSE']._serialized_end=1957
-  _globals['_WEBHOOKSERVICE']._serialized_start=2134
-  _globals['_WEBHOOKSERVICE']._serialized_end=2939
+  _globals['_WEBHOOK']._serialized_end=403
+  _globals['_WEBHOOKDELIVERY']._serialized_start=406
+  _globals['_WEBHOOKDELIVERY']._serialized_end=758
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=761
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=889
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=891
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=966
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=968
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=1041
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=1043
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=1127
+  _globals['_GETWEBHOOKREQUEST']._serialized_start=1129
+  _globals['_GETWEBHOOKREQUEST']._serialized_end=1181
+  _globals['_GETWEBHOOKRESPONSE']._serialized_start=1183
+  _globals['_GETWEBHOOKRESPONSE']._serialized_end=1239
+  _globals['_UPDATEWEBHOOKREQUEST']._serialized_start=1242
+  _globals['_UPDATEWEBHOOKREQUEST']._serialized_end=1382
+  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_start=1384
+  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_end=1443
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1445
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1500
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=1502
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=1525
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=1527
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=1588
+  _globals['_ROTATEWEBHOOKSECRETRESPONSE']._serialized_start=1590
+  _globals['_ROTATEWEBHOOKSECRETRESPONSE']._serialized_end=1671
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=1673
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=1775
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=1777
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=1880
+  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST']._serialized_start=1882
+  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST']._serialized_end=1969
+  _globals['_REDELIVERWEBHOOKDELIVERYRESPONSE']._serialized_start=1971
+  _globals['_REDELIVERWEBHOOKDELIVERYRESPONSE']._serialized_end=2050
+  _globals['_WEBHOOKSERVICE']._serialized_start=2227
+  _globals['_WEBHOOKSERVICE']._serialized_end=3032
 # @@protoc_insertion_point(module_scope)

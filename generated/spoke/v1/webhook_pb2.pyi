@@ -24,7 +24,7 @@ WEBHOOK_DELIVERY_STATE_DELIVERED: WebhookDeliveryState
 WEBHOOK_DELIVERY_STATE_FAILED: WebhookDeliveryState
 
 class Webhook(_message.Message):
-    __slots__ = ("id", "org_id", "url", "events", "description", "enabled", "disabled_reason", "create_time", "update_time")
+    __slots__ = ("id", "org_id", "url", "events", "description", "enabled", "disabled_reason", "create_time", "update_time", "source_org_id", "source_module_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,8 @@ class Webhook(_message.Message):
     DISABLED_REASON_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_MODULE_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     org_id: str
     url: str
@@ -43,7 +45,9 @@ class Webhook(_message.Message):
     disabled_reason: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., url: _Optional[str] = ..., events: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., enabled: _Optional[bool] = ..., disabled_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    source_org_id: str
+    source_module_id: str
+    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., url: _Optional[str] = ..., events: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., enabled: _Optional[bool] = ..., disabled_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_org_id: _Optional[str] = ..., source_module_id: _Optional[str] = ...) -> None: ...
 
 class WebhookDelivery(_message.Message):
     __slots__ = ("id", "webhook_id", "event_id", "event_type", "state", "attempts", "status_code", "last_error", "create_time", "last_attempt_time", "next_attempt_time")
@@ -72,16 +76,20 @@ class WebhookDelivery(_message.Message):
     def __init__(self, id: _Optional[str] = ..., webhook_id: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., state: _Optional[_Union[WebhookDeliveryState, str]] = ..., attempts: _Optional[int] = ..., status_code: _Optional[int] = ..., last_error: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateWebhookRequest(_message.Message):
-    __slots__ = ("org", "url", "events", "description")
+    __slots__ = ("org", "url", "events", "description", "source_org", "source_module")
     ORG_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ORG_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_MODULE_FIELD_NUMBER: _ClassVar[int]
     org: str
     url: str
     events: _containers.RepeatedScalarFieldContainer[str]
     description: str
-    def __init__(self, org: _Optional[str] = ..., url: _Optional[str] = ..., events: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ...) -> None: ...
+    source_org: str
+    source_module: str
+    def __init__(self, org: _Optional[str] = ..., url: _Optional[str] = ..., events: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., source_org: _Optional[str] = ..., source_module: _Optional[str] = ...) -> None: ...
 
 class CreateWebhookResponse(_message.Message):
     __slots__ = ("webhook", "secret")
