@@ -1,5 +1,6 @@
 """What the servicers share: settings, the connection pool, the page-token signer, the
-proto compiler's worker pool, the usage buffer and the serialized responses."""
+proto compiler's worker pool, the usage buffer, the serialized responses and the webhook
+secret key."""
 
 from __future__ import annotations
 
@@ -22,3 +23,4 @@ class App:
     compiler: Compiler
     usage: UsageBuffer
     responses: ResponseCache = field(default_factory=lambda: ResponseCache(0))
+    webhook_key: bytes = b""

@@ -103,6 +103,24 @@ class Settings:
     max_orgs_per_user: int = 10
     max_tokens_per_user: int = 50
     anonymous_rate_limit: int = 60
+    # Webhooks (README "Webhooks and events"): plain-http and private-address targets (off
+    # unless for tests and development), how often the dispatcher looks for due deliveries,
+    # its concurrent senders, each POST's timeout, the retry backoff (base doubled per
+    # failure, capped) and how long a delivery is retried, and how many deliveries in a row
+    # may fail for good before the webhook is disabled.
+    webhook_allow_http: bool = False
+    webhook_allow_private: bool = False
+    webhook_interval_seconds: float = 1.0
+    webhook_workers: int = 2
+    webhook_timeout_seconds: float = 10.0
+    webhook_retry_base_seconds: float = 10.0
+    webhook_retry_max_seconds: float = 3600.0
+    webhook_retry_window_seconds: float = 86400.0
+    webhook_max_failures: int = 10
+    # EventService.WatchEvents: seconds a send may wait for a slow client before it is cut
+    # off, and streams one process serves at once (0: no cap).
+    watch_send_timeout_seconds: float = 10.0
+    max_watchers: int = 1000
 
     @property
     def public_target(self) -> tuple[str, bool]:
@@ -147,6 +165,13 @@ class Settings:
             raise ConfigError(
                 f"DEFAULT_QUOTA_TIER must be one of {choices}, got {tier_raw!r}"
             ) from None
+
+        def flag(name: str) -> bool:
+            raw = env.get(name) or "false"
+            value = _BOOLEANS.get(raw.strip().lower())
+            if value is None:
+                raise ConfigError(f"{name} must be true or false, got {raw!r}")
+            return value
 
         pool_min = int(number("SPOKE_POOL_MIN_SIZE", defaults.pool_min_size, minimum=1))
         pool_max = int(number("SPOKE_POOL_MAX_SIZE", defaults.pool_max_size, minimum=1))
@@ -253,6 +278,33 @@ class Settings:
             ),
             anonymous_rate_limit=int(
                 number("SPOKE_ANONYMOUS_RATE_LIMIT", defaults.anonymous_rate_limit)
+            ),
+            webhook_allow_http=flag("SPOKE_WEBHOOK_ALLOW_HTTP"),
+            webhook_allow_private=flag("SPOKE_WEBHOOK_ALLOW_PRIVATE"),
+            webhook_interval_seconds=number(
+                "SPOKE_WEBHOOK_INTERVAL", defaults.webhook_interval_seconds, minimum=0.01
+            ),
+            webhook_workers=int(
+                number("SPOKE_WEBHOOK_WORKERS", defaults.webhook_workers, minimum=1)
+            ),
+            webhook_timeout_seconds=number(
+                "SPOKE_WEBHOOK_TIMEOUT", defaults.webhook_timeout_seconds, minimum=0.1
+            ),
+            webhook_retry_base_seconds=number(
+                "SPOKE_WEBHOOK_RETRY_BASE", defaults.webhook_retry_base_seconds
+            ),
+            webhook_retry_max_seconds=number(
+                "SPOKE_WEBHOOK_RETRY_MAX", defaults.webhook_retry_max_seconds
+            ),
+            webhook_retry_window_seconds=number(
+                "SPOKE_WEBHOOK_RETRY_WINDOW", defaults.webhook_retry_window_seconds
+            ),
+            watch_send_timeout_seconds=number(
+                "SPOKE_WATCH_SEND_TIMEOUT", defaults.watch_send_timeout_seconds, minimum=0.01
+            ),
+            max_watchers=int(number("SPOKE_MAX_WATCHERS", defaults.max_watchers)),
+            webhook_max_failures=int(
+                number("SPOKE_WEBHOOK_MAX_FAILURES", defaults.webhook_max_failures, minimum=1)
             ),
         )
 

@@ -13,6 +13,7 @@ Domain and store code never touch ``grpc.StatusCode``: they raise one of these, 
     ├── FailedPrecondition          FAILED_PRECONDITION  + PreconditionFailure violations
     ├── QuotaExceeded               RESOURCE_EXHAUSTED   + QuotaFailure (+ RetryInfo: rate windows)
     ├── TooManyCalls                RESOURCE_EXHAUSTED   + RetryInfo (the process's call cap)
+    ├── SlowConsumer                RESOURCE_EXHAUSTED   (a stream's reader fell behind)
     ├── Unavailable                 UNAVAILABLE          + RetryInfo (the database is unreachable)
     │   └── Overloaded              UNAVAILABLE          + RetryInfo (no free connection: busy)
     ├── Aborted                     ABORTED              (a concurrent change won, retries spent)
@@ -256,6 +257,24 @@ class TooManyCalls(SpokeError):
             retry_delay=duration_pb2.Duration(seconds=self.retry_after_seconds)
         )
         return [_pack(retry)]
+
+
+class SlowConsumer(SpokeError):
+    """A stream's client stopped reading for too long; it may resume where it was."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "SLOW_CONSUMER"
+
+    def __init__(self, seconds: float, last_event_id: str) -> None:
+        resume = (
+            f"; resume with after_event_id={last_event_id!r}"
+            if last_event_id
+            else "; reconnect to resume"
+        )
+        super().__init__(
+            f"the stream was cut off: the client read nothing for {seconds:g}s{resume}",
+            metadata={"last_event_id": last_event_id},
+        )
 
 
 class Unavailable(SpokeError):

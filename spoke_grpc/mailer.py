@@ -9,6 +9,9 @@ own, made at send time: only its SHA-256 is stored, and only once the SMTP serve
 taken the message, so an emailed token is valid exactly when its email went out. A
 failed send keeps the row and retries it with exponential backoff (1 s, 2 s, 4 s … 5 min)
 until it succeeds or its invitation stops being pending. No token or body is logged.
+
+The same task emails the organizations' admins their notices (``spoke_grpc.store.notices``):
+usage alerts and webhooks the server disabled, claimed the same way, one email per admin.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import psycopg
 from spoke_grpc import tokens
 from spoke_grpc.config import Settings, SmtpServer, parse_smtp_url
 from spoke_grpc.database import connect, is_unavailable
-from spoke_grpc.store import outbox
+from spoke_grpc.store import notices, outbox
+from spoke_grpc.store.notices import DueNotice
 from spoke_grpc.store.outbox import DueEmail
 from spoke_grpc.validation import mail_address
 
@@ -72,6 +76,32 @@ def compose(due: DueEmail, token: str, settings: Settings) -> EmailMessage:
         f" -d '{request}' {address} spoke.v1.MemberService/AcceptInvitation\n\n"
         f"The token can be used once. If you did not expect this invitation, ignore this email.\n"
     )
+    return message
+
+
+def compose_notice(notice: DueNotice, recipient: str, settings: Settings) -> EmailMessage:
+    """A notice to one of the organization's admins."""
+    org = f"{_one_line(notice.org_display_name)} ({notice.org_name})"
+    message = EmailMessage()
+    message["To"] = mail_address(recipient)
+    message["From"] = settings.email_from
+    if notice.kind == "quota_alert":
+        message["Subject"] = f"Spoke usage alert for {org}: {notice.subject}"
+        message.set_content(
+            f"Hello,\n\nThe organization {org} on Spoke has used {_one_line(notice.detail)}"
+            f" ({notice.subject}).\n\nOnce a limit is reached, calls that need more are"
+            f" refused with RESOURCE_EXHAUSTED. See QuotaService/GetUsage and GetQuotas, and ask"
+            f" a platform admin to raise the limit if you need more.\n"
+        )
+    else:
+        message["Subject"] = f"Spoke webhook disabled in {org}"
+        message.set_content(
+            f"Hello,\n\nA webhook of the organization {org} on Spoke was disabled after"
+            f" repeated failed deliveries:\n\n    {_one_line(notice.subject)}\n\n"
+            f"Reason: {_one_line(notice.detail)}\n\nIts pending deliveries are kept. Fix the"
+            f" receiver, then enable it again with WebhookService/UpdateWebhook"
+            f" (update_mask: enabled).\n"
+        )
     return message
 
 
@@ -144,6 +174,8 @@ class InvitationMailer:
                 conn = await self._connection()
                 while not self._stopping.is_set() and await self._handle_next(conn):
                     handled += 1
+                while not self._stopping.is_set() and await self._handle_notice(conn):
+                    handled += 1
             except BaseException:
                 await self._close_connection()
                 raise
@@ -202,6 +234,36 @@ class InvitationMailer:
             await outbox.mark_sent(conn, due, token.digest)
         self.sent += 1
         log.info("emailed invitation %s of org %s", due.invitation_id, due.org_name)
+        return True
+
+    async def _handle_notice(self, conn: psycopg.AsyncConnection) -> bool:
+        """Claims one due notice and emails it to every admin, in one transaction; False if
+        none is due."""
+        if not await notices.any_due(conn):
+            return False
+        async with conn.transaction():
+            notice = await notices.claim_next(conn)
+            if notice is None:
+                return False
+            try:
+                for recipient in await notices.admin_emails(conn, notice.org_id):
+                    message = compose_notice(notice, recipient, self._settings)
+                    await asyncio.to_thread(deliver, self._smtp, message, SMTP_TIMEOUT_SECONDS)
+            except Exception as exc:
+                delay = retry_delay(notice.attempts + 1)
+                await notices.mark_failed(conn, notice, delay)
+                self.failures += 1
+                log.warning(
+                    "could not email the %s notice of org %s (next in %ds): %s",
+                    notice.kind,
+                    notice.org_name,
+                    delay.total_seconds(),
+                    _one_line(f"{type(exc).__name__}: {exc}")[:1000],
+                )
+                return True
+            await notices.mark_sent(conn, notice)
+        self.sent += 1
+        log.info("emailed the %s notice of org %s", notice.kind, notice.org_name)
         return True
 
     async def _connection(self) -> psycopg.AsyncConnection:

@@ -13,12 +13,14 @@ from types import ModuleType
 
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 from spoke.v1 import (
+    event_pb2,
     member_pb2,
     module_pb2,
     organization_pb2,
     policy_pb2,
     quota_pb2,
     user_pb2,
+    webhook_pb2,
 )
 
 from spoke_grpc.types import Access, Policy, QuotaKind
@@ -29,6 +31,8 @@ PROTO_MODULES: tuple[ModuleType, ...] = (
     member_pb2,
     quota_pb2,
     module_pb2,
+    webhook_pb2,
+    event_pb2,
 )
 
 

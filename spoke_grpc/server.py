@@ -6,6 +6,11 @@ check (decoding, text) → unit of work (one connection, one transaction for wri
 deadline, retries) → audit → auth (caller and org in one statement) → org context (access
 rules) → usage → quota → servicer.
 
+The streaming ``EventService/WatchEvents`` passes the request check's decoding only and
+applies the rest of the policy itself (``spoke_grpc.servicers.events``). Background tasks
+beside the calls: the usage flush, the cache listener, the webhook dispatcher, the event
+listener that wakes watch streams, and the mailer (when email is on).
+
 Lifecycle: ``start`` checks that every RPC's policy can be enforced, opens the pool and
 serves; ``stop`` turns health NOT_SERVING, refuses new calls, lets in-flight calls finish
 within the grace period, then closes the pool. The port is bound exclusively (no
@@ -26,20 +31,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from opentelemetry.trace import TracerProvider
 from spoke.v1 import (
+    event_pb2_grpc,
     member_pb2_grpc,
     module_pb2_grpc,
     organization_pb2_grpc,
     quota_pb2_grpc,
     user_pb2_grpc,
+    webhook_pb2_grpc,
 )
 
-from spoke_grpc import metrics, tls, tracing
+from spoke_grpc import metrics, tls, tracing, webhook_secrets
 from spoke_grpc.anonymous_rate import AnonymousRateLimiter
 from spoke_grpc.app import App
 from spoke_grpc.cache import AccessCache, CacheListener
 from spoke_grpc.compiler import Compiler
 from spoke_grpc.config import ConfigError, Settings
 from spoke_grpc.database import check_session, connect, create_pool, pool_is_full
+from spoke_grpc.event_stream import EventHub
 from spoke_grpc.health import DatabaseHealth
 from spoke_grpc.interceptors.anonymous_rate import AnonymousRateInterceptor
 from spoke_grpc.interceptors.audit import AuditInterceptor
@@ -57,12 +65,15 @@ from spoke_grpc.pagination import PageTokens, load_key
 from spoke_grpc.policy import POLICIES, services, unenforceable
 from spoke_grpc.reflection import enable_reflection
 from spoke_grpc.response_cache import ResponseCache
+from spoke_grpc.servicers.events import EventServicer
 from spoke_grpc.servicers.members import MemberServicer
 from spoke_grpc.servicers.modules import ModuleServicer
 from spoke_grpc.servicers.organizations import OrganizationServicer
 from spoke_grpc.servicers.quotas import QuotaServicer
 from spoke_grpc.servicers.users import UserServicer
+from spoke_grpc.servicers.webhooks import WebhookServicer
 from spoke_grpc.usage import Clock, UsageBuffer, utc_now
+from spoke_grpc.webhook_dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +153,7 @@ class SpokeServer:
         self.cache_listener = CacheListener(
             self.cache, self.direct_url, self.settings, followers=[self.responses]
         )
+        self.events = EventHub(self.direct_url, self.settings)
         self.usage = UsageBuffer(
             self.pool, self.settings.usage_flush_interval_seconds, clock=self.clock
         )
@@ -164,6 +176,7 @@ class SpokeServer:
             InvitationMailer(self.settings, self.direct_url) if self.settings.smtp_url else None
         )
         self.metrics: metrics.ServerMetrics | None = None
+        self.webhooks: WebhookDispatcher | None = None  # made at start, with the secret key
         # Read here so that a bad certificate or key fails before anything starts.
         self.tls = tls.ReloadingCredentials(self.settings.tls) if self.settings.tls else None
 
@@ -183,7 +196,17 @@ class SpokeServer:
         ) as conn:
             await check_session(conn, self.settings)
             pages = PageTokens(await load_key(conn))
-        self.app = App(self.settings, self.pool, pages, self.compiler, self.usage, self.responses)
+            webhook_key = await webhook_secrets.load_key(conn)
+        self.app = App(
+            self.settings,
+            self.pool,
+            pages,
+            self.compiler,
+            self.usage,
+            self.responses,
+            webhook_key=webhook_key,
+        )
+        self.webhooks = WebhookDispatcher(self.settings, self.direct_url, webhook_key)
         await self.pool.open(wait=True, timeout=self.settings.pool_timeout_seconds)
         try:
             self.metrics = self._start_metrics()
@@ -249,6 +272,8 @@ class SpokeServer:
         self.health.start()
         self.usage.start()
         self.cache_listener.start()
+        self.webhooks.start()
+        self.events.start()
         if self.mailer is not None:
             self.mailer.start()
         else:
@@ -308,6 +333,10 @@ class SpokeServer:
         member_pb2_grpc.add_MemberServiceServicer_to_server(MemberServicer(self.app), server)
         module_pb2_grpc.add_ModuleServiceServicer_to_server(ModuleServicer(self.app), server)
         quota_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaServicer(self.app), server)
+        webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(self.app), server)
+        event_pb2_grpc.add_EventServiceServicer_to_server(
+            EventServicer(self.app, self.events), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         health = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection([*(s.full_name for s in services()), health], server)
@@ -321,6 +350,9 @@ class SpokeServer:
             self._server = None
         await self.usage.stop()  # after the drain: the last calls' counts are written too
         await self.cache_listener.stop()
+        await self.events.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         if self.mailer is not None:
             await self.mailer.stop()
         await self.compiler.stop()

@@ -19,6 +19,12 @@ Accuracy across processes: another process's calls reach this process's view at 
 flush after theirs, so with N processes a count can lag by up to about two flush
 intervals of the other N-1 processes' traffic; each process always sees its own calls.
 
+Usage alerts for API requests (``spoke_grpc.domain.usage_alerts``): the interceptor tells
+the buffer each organization's hourly limit and alert thresholds (``watch``); after a
+flush, a total that reached a threshold not yet alerted by this process raises the alert in
+a transaction of its own (the database keeps it to one per hour across processes). The
+flush itself stays one statement.
+
 Memory is bounded: at most ``max_keys`` org-hours wait besides the batch in flight (while
 the database is unreachable); the oldest hours are dropped beyond that, with a warning.
 """
@@ -36,6 +42,7 @@ from dataclasses import dataclass
 from psycopg_pool import AsyncConnectionPool
 
 from spoke_grpc import background
+from spoke_grpc.domain import usage_alerts
 from spoke_grpc.store import usage as store
 
 log = logging.getLogger(__name__)
@@ -119,6 +126,9 @@ class UsageBuffer:
         # Test seam: called once a batch has committed, before this process takes note of
         # it; raising there is a COMMIT whose reply was lost.
         self.committed: Callable[[], None] | None = None
+        # Hourly limits and alert thresholds of the orgs seen, and the alerts raised here.
+        self._watched: dict[uuid.UUID, tuple[int, tuple[int, ...]]] = {}
+        self._alerted: set[tuple[uuid.UUID, dt.datetime, int]] = set()
 
     @property
     def running(self) -> bool:
@@ -138,6 +148,12 @@ class UsageBuffer:
             self._drop_oldest()
         self._pending[key] = pending
         return self._flushed.get(key, 0) + self._writing.get(key, 0) + pending
+
+    def watch(self, org_id: uuid.UUID, limit: int, thresholds: tuple[int, ...]) -> None:
+        """Remembers the org's hourly limit and alert thresholds, for alerts after flushes."""
+        if len(self._watched) >= self._max_keys and org_id not in self._watched:
+            self._watched.clear()
+        self._watched[org_id] = (limit, thresholds)
 
     def requests_this_hour(self, org_id: uuid.UUID) -> int:
         key = (org_id, hour_start(self.clock()))
@@ -200,7 +216,31 @@ class UsageBuffer:
         self._flushed = {
             key: n for key, n in {**self._flushed, **totals}.items() if key[1] >= current
         }
+        self._alerted = {a for a in self._alerted if a[1] >= current}
+        await self._raise_alerts(totals)
         return True
+
+    async def _raise_alerts(self, totals: Mapping[Key, int]) -> None:
+        """Alerts for the hours whose totals reached a threshold not alerted from here."""
+        for (org_id, hour), total in totals.items():
+            watched = self._watched.get(org_id)
+            if watched is None:
+                continue
+            limit, levels = watched
+            new = [
+                t
+                for t in usage_alerts.crossed(levels, total, limit)
+                if (org_id, hour, t) not in self._alerted
+            ]
+            if not new:
+                continue
+            try:
+                async with self._pool.connection() as conn, conn.transaction():
+                    await usage_alerts.check_api_requests(conn, org_id, hour, total, limit)
+            except Exception as exc:
+                log.warning("could not raise the API request alerts of %s: %s", org_id, exc)
+                continue
+            self._alerted.update((org_id, hour, t) for t in new)
 
     def start(self) -> None:
         self.last_flush_at = time.time()

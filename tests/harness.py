@@ -22,11 +22,13 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from psycopg import sql
 from spoke.v1 import (
+    event_pb2_grpc,
     member_pb2_grpc,
     module_pb2_grpc,
     organization_pb2_grpc,
     quota_pb2_grpc,
     user_pb2_grpc,
+    webhook_pb2_grpc,
 )
 
 from spoke_grpc import cache, migrations
@@ -143,6 +145,8 @@ class Client:
     members: Any = field(init=False)
     quotas: Any = field(init=False)
     modules: Any = field(init=False)
+    webhooks: Any = field(init=False)
+    events: Any = field(init=False)
 
     def __post_init__(self) -> None:
         self.users = _Bound(user_pb2_grpc.UserServiceStub(self.channel), self.metadata)
@@ -152,6 +156,8 @@ class Client:
         self.members = _Bound(member_pb2_grpc.MemberServiceStub(self.channel), self.metadata)
         self.quotas = _Bound(quota_pb2_grpc.QuotaServiceStub(self.channel), self.metadata)
         self.modules = _Bound(module_pb2_grpc.ModuleServiceStub(self.channel), self.metadata)
+        self.webhooks = _Bound(webhook_pb2_grpc.WebhookServiceStub(self.channel), self.metadata)
+        self.events = _Bound(event_pb2_grpc.EventServiceStub(self.channel), self.metadata)
 
     def metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.token}")] if self.token else []

@@ -101,13 +101,18 @@ LEAK_MARKERS: tuple[str, ...] = (
 # Tables a refused call may still write: the audit trail (refusals are audited) and
 # server-wide secrets. Usage counters (and the flushing writers' batch numbers) are written
 # by the background flush, at moments no single call owns, so they are left out of the
-# per-call check too.
+# per-call check too; so are the usage alerts that a flush raises (with their events) and
+# the webhook deliveries the background dispatcher works through.
 UNCHECKED_TABLES = (
     "audit_events",
     "server_secrets",
     "org_api_requests_hourly",
     "org_usage_periods",
     "usage_flush_writers",
+    "quota_alerts",
+    "events",
+    "org_event_counters",
+    "webhook_deliveries",
 )
 
 INT_RANGES: dict[int, tuple[int, ...]] = {
@@ -557,6 +562,20 @@ def for_caller(cases: list[Case], caller: str, callers: list[str]) -> list[Case]
     return [c for i, c in enumerate(cases) if c.broad or i % len(shallow) == turn]
 
 
+def opened(stream: Any) -> Any:
+    """Calls a server-streaming method like a unary one: returns once the server accepted the
+    stream (its headers came; the stream is then closed), or raises its error."""
+
+    def call(request: Any, **kwargs: Any) -> None:
+        responses = stream(request, **kwargs)
+        responses.initial_metadata()
+        responses.cancel()
+        if responses.code() not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.OK):
+            raise responses
+
+    return call
+
+
 @dataclass(frozen=True)
 class Failure:
     method: str
@@ -578,13 +597,26 @@ class Fuzzer:
     def run(self, method: MethodDescriptor, caller: str, cases: list[Case]) -> None:
         path = f"/{method.containing_service.full_name}/{method.name}"
         output = message_factory.GetMessageClass(method.output_type)
-        typed = self.channel.unary_unary(
+        typed: Any = self.channel.unary_unary(
             path,
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=output.FromString,
         )
         # Raw bytes go out as they are: no serializer.
-        raw = self.channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+        raw: Any = self.channel.unary_unary(
+            path, request_serializer=None, response_deserializer=None
+        )
+        if method.server_streaming:
+            typed = opened(
+                self.channel.unary_stream(
+                    path,
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=output.FromString,
+                )
+            )
+            raw = opened(
+                self.channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+            )
         metadata = self.world.callers[caller].metadata()
         timeouts = 0
         before = self.snapshots.take()

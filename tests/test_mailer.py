@@ -31,13 +31,16 @@ import psycopg
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from spoke.v1 import member_pb2, organization_pb2
+from google.protobuf import field_mask_pb2
+from spoke.v1 import member_pb2, module_pb2, organization_pb2, quota_pb2
 
 from spoke_grpc.bootstrap import ensure_bootstrap_admin
 from spoke_grpc.config import ConfigError, Settings, SmtpServer, parse_smtp_url
 from spoke_grpc.mailer import NOT_PENDING, InvitationMailer, compose, retry_delay
+from spoke_grpc.store import webhooks as webhook_store
 from spoke_grpc.store.outbox import DueEmail
 from spoke_grpc.tokens import INVITATION_TOKEN_PREFIX
+from spoke_grpc.types import Role
 from tests import harness
 from tests.conftest import TENANT_TABLES, Users, free_port
 from tests.harness import Client, ServerThread
@@ -636,3 +639,66 @@ def test_the_email_names_the_address_clients_reach(public: str | None, call: str
 def test_a_bad_public_address_names_the_setting(public: str) -> None:
     with pytest.raises(ConfigError, match="SPOKE_PUBLIC_ADDRESS"):
         Settings.from_env({"SPOKE_PUBLIC_ADDRESS": public})
+
+
+def test_a_usage_alert_is_emailed_to_the_orgs_admins(
+    mail_server: ServerThread, mail_admin: Client, mail_users: Users, inbox: Inbox
+) -> None:
+    """Issue 17: a quota.threshold_crossed alert reaches every admin by email, once."""
+    owner = mail_users.create("owner")
+    helper = mail_users.create("helper")
+    owner.orgs.CreateOrganization(organization_pb2.CreateOrganizationRequest(name="alerted"))
+    org_id = owner.orgs.GetOrganization(
+        organization_pb2.GetOrganizationRequest(org="alerted")
+    ).organization.id
+    mail_users.join(org_id, helper, Role.ADMIN)
+    mail_admin.quotas.UpdateQuotas(
+        quota_pb2.UpdateQuotasRequest(
+            org="alerted",
+            quotas=quota_pb2.Quotas(max_modules=5),
+            update_mask=field_mask_pb2.FieldMask(paths=["max_modules"]),
+        )
+    )
+    for i in range(4):
+        owner.modules.CreateModule(module_pb2.CreateModuleRequest(org="alerted", name=f"mod{i}"))
+    mailer_pass(mail_server)
+    alerts = [r for r in inbox.received if "usage alert" in str(r.message["Subject"])]
+    assert sorted(r.recipients[0] for r in alerts) == sorted([owner.email, helper.email])
+    assert "80% of the" in alerts[0].body and "4 of 5" in alerts[0].body
+    mailer_pass(mail_server)
+    assert len([r for r in inbox.received if "usage alert" in str(r.message["Subject"])]) == 2
+
+
+def test_a_webhook_the_server_disabled_is_emailed_to_the_orgs_admins(
+    mail_server: ServerThread, mail_users: Users, mail_db: psycopg.Connection[Any], inbox: Inbox
+) -> None:
+    """Issue 17: the dispatcher disabling a webhook (here: its store call) tells the org's
+    admins, once; a webhook an admin disabled is not emailed about."""
+    owner = mail_users.create("owner")
+    owner.orgs.CreateOrganization(organization_pb2.CreateOrganizationRequest(name="hooked"))
+    ids = []
+    for _ in range(2):
+        row = mail_db.execute(
+            "INSERT INTO webhooks (org_id, url, events, secret_salt)"
+            " SELECT id, 'https://ci.example.com/hook', ARRAY['*'], decode(repeat('ab', 32), 'hex')"
+            " FROM organizations WHERE name = 'hooked' RETURNING org_id, id"
+        ).fetchone()
+        assert row is not None
+        ids.append(row)
+    org_id, failing = ids[0]
+    mail_server.run(webhook_store_disable(mail_server, org_id, failing))
+    mail_db.execute("UPDATE webhooks SET enabled = false WHERE id = %s", [ids[1][1]])
+    mailer_pass(mail_server)
+    notices = [r for r in inbox.received if "webhook disabled" in str(r.message["Subject"])]
+    assert [r.recipients for r in notices] == [[owner.email]]
+    assert "https://ci.example.com/hook" in notices[0].body
+    assert "10 deliveries in a row failed" in notices[0].body
+    mailer_pass(mail_server)
+    assert len([r for r in inbox.received if "webhook disabled" in str(r.message["Subject"])]) == 1
+
+
+async def webhook_store_disable(server: ServerThread, org_id: Any, webhook_id: Any) -> None:
+    async with server.server.pool.connection() as conn:
+        await webhook_store.disable(
+            conn, org_id, webhook_id, "10 deliveries in a row failed; the last: HTTP 410"
+        )

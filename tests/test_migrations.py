@@ -31,6 +31,11 @@ SCHEMA_TABLES = frozenset(
         "org_api_requests_hourly",
         "usage_flush_writers",
         "audit_events",
+        "org_event_counters",
+        "events",
+        "webhooks",
+        "webhook_deliveries",
+        "quota_alerts",
     }
 )
 

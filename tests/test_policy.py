@@ -24,6 +24,8 @@ def test_every_rpc_of_every_service_declares_a_policy() -> None:
         "MemberService",
         "QuotaService",
         "ModuleService",
+        "WebhookService",
+        "EventService",
     }
     assert methods == set(POLICIES)
     undeclared = [m for m, p in POLICIES.items() if p.access is Access.UNSPECIFIED]
@@ -40,7 +42,7 @@ def test_policy_is_coherent(method: str) -> None:
     if policy.access is Access.ANONYMOUS or policy.public_read:
         assert policy.read_only, "anonymous callers may only read"
     name = method.rsplit("/", 1)[1]
-    if name.startswith(("Get", "List")):
+    if name.startswith(("Get", "List", "Watch")):
         assert policy.read_only
     else:
         assert not policy.read_only

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from psycopg import AsyncConnection
 
 from spoke_grpc import tokens
-from spoke_grpc.domain import user_limits
+from spoke_grpc.domain import events, user_limits
+from spoke_grpc.domain.events import EventType
 from spoke_grpc.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -111,6 +112,7 @@ async def add_member(
         conn, org_id=org.id, user_id=user.id, role=role, invited_by=principal.user_id
     )
     await _audit(conn, method, principal, org, f"members/{user.id}:{role.value}")
+    await _emit(conn, org, EventType.MEMBER_ADDED, principal, user_id=user.id, role=role.value)
     return AddedMember(member=await _member(conn, org, user.id))
 
 
@@ -135,6 +137,15 @@ async def update_member_role(
         if member.role == Role.ADMIN.value:
             await _keep_an_admin(conn, org, user_id, "demoting")
         await members.set_role(conn, org.id, user_id, role)
+        await _emit(
+            conn,
+            org,
+            EventType.MEMBER_ROLE_CHANGED,
+            principal,
+            user_id=user_id,
+            role=role.value,
+            previous_role=member.role,
+        )
     await _audit(conn, method, principal, org, f"members/{user_id}:{role.value}")
     return await _member(conn, org, user_id)
 
@@ -152,6 +163,7 @@ async def remove_member(
         await _keep_an_admin(conn, org, user_id, "removing")
     await members.delete_member(conn, org.id, user_id)
     await _audit(conn, method, principal, org, f"members/{user_id}")
+    await _emit(conn, org, EventType.MEMBER_REMOVED, principal, user_id=user_id, role=member.role)
 
 
 async def transfer_ownership(
@@ -189,6 +201,12 @@ async def transfer_ownership(
         await members.set_role(conn, org.id, previous, Role.ADMIN)
     await members.set_owner(conn, org.id, user_id)
     await _audit(conn, method, principal, org, f"owner/{user_id}")
+    await events.emit(
+        conn,
+        org.id,
+        EventType.ORGANIZATION_UPDATED,
+        {"actor_id": str(principal.user_id), "changed": ["owner_id"], "owner_id": str(user_id)},
+    )
     updated = await organizations.get_org(conn, org.id)
     if updated is None:
         raise NotFound("organization", org.name)
@@ -226,6 +244,14 @@ async def create_invitation(
     )
     await outbox.enqueue(conn, org.id, invitation.id)
     await _audit(conn, method, principal, org, f"invitations/{invitation.id}:{role.value}")
+    await _emit(
+        conn,
+        org,
+        EventType.INVITATION_CREATED,
+        principal,
+        invitation_id=invitation.id,
+        role=role.value,
+    )
     return CreatedInvitation(invitation=invitation, token=token)
 
 
@@ -290,6 +316,23 @@ async def accept_invitation(
         conn, org.id, invitation.id, state="accepted", by=principal.user_id
     )
     await _audit(conn, method, principal, org, f"invitations/{invitation.id}")
+    await _emit(
+        conn,
+        org,
+        EventType.INVITATION_ACCEPTED,
+        principal,
+        invitation_id=invitation.id,
+        user_id=principal.user_id,
+        role=invitation.role,
+    )
+    await _emit(
+        conn,
+        org,
+        EventType.MEMBER_ADDED,
+        principal,
+        user_id=principal.user_id,
+        role=invitation.role,
+    )
     return await _member(conn, org, principal.user_id)
 
 
@@ -333,4 +376,19 @@ async def _audit(
             org_id=org.id,
             target=f"organizations/{org.name}/{target}",
         ),
+    )
+
+
+async def _emit(
+    conn: AsyncConnection,
+    org: OrgContext,
+    event_type: EventType,
+    principal: Principal,
+    **data: uuid.UUID | str,
+) -> None:
+    await events.emit(
+        conn,
+        org.id,
+        event_type,
+        {"actor_id": str(principal.user_id), **{k: str(v) for k, v in data.items()}},
     )

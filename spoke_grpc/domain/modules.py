@@ -22,13 +22,15 @@ import enum
 import hashlib
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from psycopg import AsyncConnection
 
 from spoke_grpc.compiler import Compiler, DependencyFiles, SourceFile
-from spoke_grpc.domain import compilation, quotas
+from spoke_grpc.domain import compilation, events, quotas, usage_alerts
+from spoke_grpc.domain.events import EventType
 from spoke_grpc.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -181,6 +183,8 @@ async def create_module(
     )
     await quotas.record_gauges(conn, org)
     await _audit(conn, method, principal, org, _target(org, module))
+    await usage_alerts.check_allocations(conn, org)
+    await _emit(conn, org, EventType.MODULE_CREATED, module, principal)
     return module
 
 
@@ -222,6 +226,7 @@ async def update_module(
     await _audit(
         conn, method, principal, org, f"{_target(org, module)}:{','.join(sorted(changes))}"
     )
+    await _emit(conn, org, EventType.MODULE_UPDATED, row, principal, {"changed": sorted(changes)})
     return row
 
 
@@ -262,6 +267,7 @@ async def delete_module(
     await _audit(
         conn, method, principal, org, f"{_target(org, module)} ({versions} versions){note}"
     )
+    await _emit(conn, org, EventType.MODULE_DELETED, module, principal, {"versions": versions})
 
 
 async def _refuse_private_dependencies(
@@ -548,6 +554,15 @@ async def create_version(
     )
     await quotas.record_gauges(conn, org)
     await _audit(conn, method, principal, org, f"{_target(org, module)}/versions/{new.version}")
+    await usage_alerts.check_allocations(conn, org, module_id=module.id)
+    await _emit(
+        conn,
+        org,
+        EventType.VERSION_CREATED,
+        module,
+        principal,
+        {"version": new.version, "version_id": str(row.id), "digest": row.digest},
+    )
     listed = sorted(files, key=lambda f: f.path.encode())
     return VersionView(
         module=module,
@@ -774,6 +789,24 @@ def check_query(query: str) -> None:
     violations = Violations()
     violations.text("query", query, max_length=MAX_QUERY, multiline=False)
     violations.raise_if_any()
+
+
+async def _emit(
+    conn: AsyncConnection,
+    org: OrgContext,
+    event_type: EventType,
+    module: Module,
+    principal: Principal,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    data: dict[str, Any] = {
+        "module": module.name,
+        "module_id": str(module.id),
+        "is_public": module.is_public,
+        "actor_id": str(principal.user_id),
+        **(extra or {}),
+    }
+    await events.emit(conn, org.id, event_type, data, module_id=module.id)
 
 
 def _target(org: OrgContext, module: Module) -> str:

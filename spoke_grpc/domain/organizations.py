@@ -9,7 +9,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from spoke_grpc.domain import user_limits
+from spoke_grpc.domain import events, usage_alerts, user_limits
+from spoke_grpc.domain.events import EventType
 from spoke_grpc.errors import FailedPrecondition, NotFound, PermissionDenied, PreconditionViolation
 from spoke_grpc.store import audit, members, organizations, quotas
 from spoke_grpc.tiers import QuotaTier
@@ -63,6 +64,7 @@ async def create_organization(
     violations.text("display_name", new.display_name, max_length=MAX_DISPLAY_NAME)
     violations.text("description", new.description, max_length=MAX_DESCRIPTION)
     violations.settings("settings", new.settings)
+    _check_alert_setting(violations, "settings", new.settings)
     violations.raise_if_any()
     tier = new.quota_tier or default_tier
     if tier is not default_tier and not principal.is_admin:
@@ -108,6 +110,7 @@ async def update_organization(
         violations.text("organization.description", update.description, max_length=MAX_DESCRIPTION)
     if update.settings is not None:
         violations.settings("organization.settings", update.settings)
+        _check_alert_setting(violations, "organization.settings", update.settings)
     violations.raise_if_any()
     if (update.quota_tier or update.status) and not principal.is_admin:
         raise PermissionDenied("only platform admins may change quota_tier or status")
@@ -123,6 +126,12 @@ async def update_organization(
         await quotas.set_tier(conn, org.id, update.quota_tier)
     await _audit(
         conn, method, principal, org.id, f"organizations/{org.name}:{','.join(sorted(changes))}"
+    )
+    await events.emit(
+        conn,
+        org.id,
+        EventType.ORGANIZATION_UPDATED,
+        {"actor_id": str(principal.user_id), "changed": sorted(changes)},
     )
     return row
 
@@ -163,3 +172,9 @@ async def _audit(
         conn,
         audit.AuditEvent(method=method, actor_id=principal.user_id, org_id=org_id, target=target),
     )
+
+
+def _check_alert_setting(violations: Violations, field: str, settings: Mapping[str, str]) -> None:
+    value = settings.get(usage_alerts.SETTING)
+    if value is not None and (problem := usage_alerts.threshold_problem(value)):
+        violations.add(f"{field}.{usage_alerts.SETTING}", problem)

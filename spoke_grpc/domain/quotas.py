@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from psycopg import AsyncConnection
 
+from spoke_grpc.domain import usage_alerts
 from spoke_grpc.errors import PermissionDenied, QuotaExceeded
 from spoke_grpc.store import audit, compile_jobs, organizations, quotas, usage
 from spoke_grpc.store.quotas import QuotaRow
@@ -157,6 +158,7 @@ async def count_compile_job(conn: AsyncConnection, org: OrgContext) -> None:
     """
     await _compile_jobs_left(conn, org, lock=True)
     await compile_jobs.count_one(conn, org.id)
+    await usage_alerts.check_compile_jobs(conn, org)
 
 
 async def _compile_jobs_left(conn: AsyncConnection, org: OrgContext, *, lock: bool) -> None:

@@ -44,6 +44,8 @@ _TARGET_FIELDS = (
     ("user", "members"),
     ("invitation_id", "invitations"),
     ("api_token_id", "api_tokens"),
+    ("webhook_id", "webhooks"),
+    ("delivery_id", "deliveries"),
     ("email", "users"),
 )
 _MAX_TARGET_PART = 100

@@ -1,4 +1,5 @@
-"""A server interceptor that wraps unary spoke.v1 behaviours with its policy at hand.
+"""A server interceptor that wraps unary spoke.v1 behaviours with its policy at hand (a
+server stream only gets its request decoded the same way: ``wrap_deserializer``).
 
 A servicer may answer with the response already serialized (``bytes``: a response kept by
 ``spoke_grpc.response_cache``); the wrapped handler's serializer sends those as they are.
@@ -58,6 +59,16 @@ class PolicyInterceptor(aio.ServerInterceptor, abc.ABC):
             return cached
         handler = await continuation(handler_call_details)
         policy = POLICIES.get(method)
+        if policy is not None and handler is not None and handler.unary_stream is not None:
+            # Streams are not wrapped (they apply their policy themselves), but they decode
+            # their request the way unary calls do.
+            stream = grpc.unary_stream_rpc_method_handler(
+                handler.unary_stream,
+                request_deserializer=self.wrap_deserializer(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+            self._wrapped[method] = stream
+            return stream
         if policy is None or handler is None or handler.unary_unary is None:
             return handler
         inner: Behavior = handler.unary_unary

@@ -21,6 +21,7 @@ from grpc import aio
 from spoke_grpc.call import current_call
 from spoke_grpc.call_record import add_response_headers
 from spoke_grpc.database import UnitOfWork
+from spoke_grpc.domain import usage_alerts
 from spoke_grpc.interceptors.base import Behavior, PolicyInterceptor
 from spoke_grpc.types import Policy
 from spoke_grpc.usage import UsageBuffer, hour_end
@@ -43,6 +44,7 @@ class UsageInterceptor(PolicyInterceptor):
         limit = org.limits.max_api_requests_per_hour if org.limits else None
         if limit is None:
             return await call_next(request, context)
+        self._buffer.watch(org.id, limit, usage_alerts.thresholds(org.org.settings))
         try:
             response = await call_next(request, context)
         except Exception:

@@ -254,7 +254,12 @@ class Answer:
     supplied: bytes
 
 
+STREAMS = {f"/{s.full_name}/{m.name}" for s in services() for m in s.methods if m.server_streaming}
+
+
 def _call(channel: grpc.Channel, caller: Client, path: str, request: Message) -> Answer:
+    if path in STREAMS:
+        return _open_stream(channel, caller, path, request)
     call = channel.unary_unary(
         path, request_serializer=lambda m: m.SerializeToString(), response_deserializer=None
     )
@@ -272,6 +277,24 @@ def _call(channel: grpc.Channel, caller: Client, path: str, request: Message) ->
     for key, value in [*(state.initial_metadata() or ()), *(state.trailing_metadata() or ())]:
         parts.append(f"{key}=".encode() + (value if isinstance(value, bytes) else value.encode()))
     return Answer(path, "OK", b"\n".join(parts), request.SerializeToString())
+
+
+def _open_stream(channel: grpc.Channel, caller: Client, path: str, request: Message) -> Answer:
+    """A server stream, opened and closed again once the server accepted it: what it said
+    (its headers, or its error) is the answer. Its live events are walked in
+    tests/servicers/test_events.py."""
+    call = channel.unary_stream(
+        path, request_serializer=lambda m: m.SerializeToString(), response_deserializer=None
+    )
+    stream = call(request, metadata=caller.metadata(), timeout=30)
+    stream.initial_metadata()
+    stream.cancel()
+    parts = [(stream.details() or "").encode()]
+    for key, value in [*(stream.initial_metadata() or ()), *(stream.trailing_metadata() or ())]:
+        parts.append(f"{key}=".encode() + (value if isinstance(value, bytes) else value.encode()))
+    code = stream.code()
+    name = "OK" if code is grpc.StatusCode.CANCELLED else code.name
+    return Answer(path, name, b"\n".join(parts), request.SerializeToString())
 
 
 @pytest.mark.parametrize("who", ["stranger", "other", "anonymous"])
