@@ -34,7 +34,7 @@ import logging
 import multiprocessing
 import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -504,7 +504,8 @@ def _layout(
     files: Sequence[SourceFile], dependencies: Sequence[DependencyFiles]
 ) -> tuple[dict[str, str], dict[str, str], list[FieldViolation]]:
     """The directory tree to compile in (path → content), who provides each dependency
-    path (path → label), and the paths provided twice."""
+    path (path → label), and what cannot be laid out: a path provided twice, or a path that
+    another one needs as a directory (``x.proto`` and ``x.proto/y.proto``)."""
     tree: dict[str, str] = {}
     providers: dict[str, str] = {}
     violations: list[FieldViolation] = []
@@ -523,17 +524,52 @@ def _layout(
                         " depend on only one of them",
                     )
                 )
-    for i, file in enumerate(files):
-        if file.path in providers:
+    # Each directory the dependencies' files need, with the first file that needs it.
+    directories: dict[str, tuple[str, str]] = {}
+    for path, label in providers.items():
+        for directory in _parents(path):
+            directories.setdefault(directory, (path, label))
+    for path, label in providers.items():
+        if path in directories:
+            under, other = directories[path]
             violations.append(
                 FieldViolation(
-                    f"files[{i}].path",
-                    f"{file.path!r} is also a file of dependency {providers[file.path]};"
-                    " rename it or drop the dependency",
+                    "dependencies",
+                    f"{path!r} of {label} is a directory of {under!r} of {other};"
+                    " depend on only one of them",
                 )
             )
+    for i, file in enumerate(files):
+        problem = None
+        if file.path in providers:
+            problem = (
+                f"{file.path!r} is also a file of dependency {providers[file.path]};"
+                " rename it or drop the dependency"
+            )
+        elif file.path in directories:
+            under, label = directories[file.path]
+            problem = (
+                f"{file.path!r} is a directory of {under!r}, a file of dependency {label};"
+                " rename it or drop the dependency"
+            )
+        else:
+            needed = next((d for d in _parents(file.path) if d in providers), None)
+            if needed is not None:
+                problem = (
+                    f"{file.path!r} needs a directory {needed!r}, which is a file of"
+                    f" dependency {providers[needed]}; rename it or drop the dependency"
+                )
+        if problem is not None:
+            violations.append(FieldViolation(f"files[{i}].path", problem))
         tree[file.path] = file.content
     return tree, providers, violations
+
+
+def _parents(path: str) -> Iterator[str]:
+    """The directories ``path`` lies in, outermost first (``a``, ``a/b`` for ``a/b/c``)."""
+    parts = path.split("/")
+    for end in range(1, len(parts)):
+        yield "/".join(parts[:end])
 
 
 @functools.cache

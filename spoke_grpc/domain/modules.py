@@ -514,7 +514,7 @@ async def create_version(
     if reject:
         # FOR UPDATE: pushes to a REJECT module are checked one at a time, each against
         # what the ones before it committed; the policy is read again under the lock.
-        locked = await get_module(conn, org, str(module.id), reader=reader, lock=True)
+        locked = await _module_still_there(conn, org, module, reader, lock=True)
         if BreakingChangePolicy(locked.breaking_change_policy) is BreakingChangePolicy.REJECT:
             await compilation.refuse_breaking_changes(
                 conn,
@@ -528,7 +528,10 @@ async def create_version(
     # Decided again under the module's key lock: the module may have been made public
     # since it was read (UpdateModule takes FOR UPDATE, so it waits for this push or this
     # read waits for it and sees its change).
-    if not module.is_public and await store.lock_for_push(conn, org.id, module.id):
+    public = await store.lock_for_push(conn, org.id, module.id)
+    if public is None:  # deleted while the push compiled
+        raise NotFound("module", module.name)
+    if public and not module.is_public:
         _refuse_private_closure(replace(module, is_public=True), reached)
     await quotas.reserve_version(conn, org, module.id, size)
     row = await version_store.insert_version(
@@ -565,6 +568,17 @@ async def create_version(
             for i, d in enumerate(resolved)
         ],
     )
+
+
+async def _module_still_there(
+    conn: AsyncConnection, org: OrgContext, module: Module, reader: Reader, *, lock: bool
+) -> Module:
+    """The module read again (FOR UPDATE with ``lock``); NOT_FOUND, by its name, when it was
+    deleted since it was first read (a push racing a DeleteModule of its module)."""
+    row = await store.get_module(conn, org.id, ModuleRef(id=module.id), reader=reader, lock=lock)
+    if row is None:
+        raise NotFound("module", module.name)
+    return row
 
 
 async def _resolve_dependencies(
