@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -132,3 +133,57 @@ def test_a_timed_out_compile_is_reported_as_such() -> None:
 def test_compile_needs_a_started_compiler() -> None:
     with pytest.raises(RuntimeError, match="not started"):
         asyncio.run(Compiler(1).check([SourceFile("a.proto", GOOD)], []))
+
+
+def _die_once(marker: str, other: str) -> str:
+    """In a worker: the first time, once ``other`` has started too, kill this worker process
+    (as a crash would); on the retry, answer."""
+    if os.path.exists(marker):
+        return "answered"
+    Path(marker).touch()
+    while not os.path.exists(other):  # both jobs are running: the break hits both
+        time.sleep(0.001)
+    os._exit(1)
+
+
+def _wait_to_be_killed(marker: str) -> str:
+    """In a worker: the first time, block until the broken pool's workers are terminated;
+    on the retry, answer."""
+    if os.path.exists(marker):
+        return "answered"
+    Path(marker).touch()
+    signal.pause()
+    return "never"
+
+
+def test_a_broken_pool_is_replaced_once_not_by_every_waiter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two jobs run when one kills its worker: both see the pool broken; one new pool
+    replaces it, and both jobs are retried on it."""
+    starts: list[int] = []
+    original = Compiler.start
+
+    def counting_start(self: Compiler) -> None:
+        starts.append(1)
+        original(self)
+
+    monkeypatch.setattr(Compiler, "start", counting_start)
+    compiler = Compiler(2)
+    compiler.start()
+    killer, blocked = str(tmp_path / "killer"), str(tmp_path / "blocked")
+
+    async def both() -> list[str]:
+        return list(
+            await asyncio.gather(
+                compiler.offload(_die_once, killer, blocked),
+                compiler.offload(_wait_to_be_killed, blocked),
+            )
+        )
+
+    try:
+        assert asyncio.run(both()) == ["answered", "answered"]
+        assert len(starts) == 2  # the first pool, and one replacement
+        assert compiler.in_flight == 0
+    finally:
+        asyncio.run(compiler.stop())

@@ -15,6 +15,7 @@ from spoke.v1 import module_pb2, module_pb2_grpc
 from spoke_grpc import pagination
 from spoke_grpc.app import App
 from spoke_grpc.call import current_call
+from spoke_grpc.compile_queue import Requester
 from spoke_grpc.compiler import SourceFile
 from spoke_grpc.database import UnitOfWork
 from spoke_grpc.domain import compilation, dependency_graph
@@ -234,6 +235,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             new,
             principal=call.require_principal(),
             compiler=self._app.compiler,
+            requester=requester(call, context),
             method=call.policy.method,
         )
         return module_pb2.CreateVersionResponse(version=version_to_proto(view))
@@ -306,6 +308,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             languages,
             principal=call.require_principal(),
             compiler=self._app.compiler,
+            requester=requester(call, context),
             method=call.policy.method,
             on_rollback=_unit(call).on_rollback,
         )
@@ -340,6 +343,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             against,
             principal=call.require_principal(),
             compiler=self._app.compiler,
+            requester=requester(call, context),
             method=call.policy.method,
             on_rollback=_unit(call).on_rollback,
         )
@@ -404,6 +408,11 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 "public_modules", scope, rows, page, lambda r: [r.name, r.org_name]
             ),
         )
+
+
+def requester(call: CallContext, context: aio.ServicerContext) -> Requester:
+    """Whose compile jobs the call's are: its organization's, until the caller's deadline."""
+    return Requester.for_call(call.require_org().id, context.time_remaining())
 
 
 def _unit(call: CallContext) -> UnitOfWork:

@@ -21,7 +21,9 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2
+from spoke.v1 import module_pb2 as pb
 
 from tests.conftest import Users
 from tests.harness import Client, ServerThread, failure
@@ -134,7 +136,9 @@ def test_a_path_that_clashes_with_a_directory_of_a_dependency_is_invalid(
     create_module(acme, "acme", "dep")
     push(acme, "acme", "dep", "1.0.0", dependency)
     create_module(acme, "acme", "app")
-    error = failure(lambda: push(acme, "acme", "app", "1.0.0", mine, deps=[("acme", "dep", "1.0.0")]))
+    error = failure(
+        lambda: push(acme, "acme", "app", "1.0.0", mine, deps=[("acme", "dep", "1.0.0")])
+    )
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT, error.message
     violations = error.detail(error_details_pb2.BadRequest).field_violations
     assert [(v.field, v.description) for v in violations] == [(field, description)]
@@ -159,3 +163,43 @@ def test_two_dependencies_whose_paths_clash_as_file_and_directory_are_named(
             " acme/two@1.0.0; depend on only one of them",
         )
     ]
+
+
+@pytest.mark.parametrize("change", ["delete", "make-private"])
+def test_a_push_holds_no_lock_on_another_orgs_module_while_it_compiles(
+    acme: Client, users: Users, server: ServerThread, change: str
+) -> None:
+    """globex pushes a version depending on acme/base and waits for a compile worker: acme
+    may delete base, or make it private, meanwhile (it does not wait for the push); the push
+    then finds its dependency gone and stores nothing."""
+    create_module(acme, "acme", "base", is_public=True)
+    push(acme, "acme", "base", "1.0.0", DEPENDENCY_FILE)
+    other = users.create()
+    create_org(other, "globex")
+    create_module(other, "globex", "app")
+    uses = {"app/app.proto": proto("app", "message App { shared.X x = 1; }", ["shared/x.proto"])}
+    with held_workers(server) as release, ThreadPoolExecutor(1) as pool:
+        before = queued_compiles(server)
+        pushing: Future[Any] = pool.submit(
+            failure,
+            lambda: push(other, "globex", "app", "1.0.0", uses, deps=[("acme", "base", "1.0.0")]),
+        )
+        wait_until(lambda: queued_compiles(server) > before, "a queued compile")
+        # Answered while the push is in flight: it holds no lock on acme's row.
+        if change == "delete":
+            request: Any = pb.DeleteModuleRequest(org="acme", module="base")
+            acme.modules.DeleteModule(request, timeout=5)
+        else:
+            request = pb.UpdateModuleRequest(
+                org="acme",
+                module="base",
+                update=pb.Module(is_public=False),
+                update_mask=FieldMask(paths=["is_public"]),
+            )
+            acme.modules.UpdateModule(request, timeout=5)
+        release.set()
+        error = pushing.result(timeout=30)
+    assert error.code is grpc.StatusCode.NOT_FOUND, error.message
+    assert error.message == "dependency 'acme/base@1.0.0' not found"
+    versions = other.modules.ListVersions(pb.ListVersionsRequest(org="globex", module="app"))
+    assert list(versions.versions) == []
