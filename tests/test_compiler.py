@@ -17,7 +17,14 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 from spoke_grpc import compile_worker
-from spoke_grpc.compiler import Compiler, CompileResult, DependencyFiles, SourceFile
+from spoke_grpc.compile_queue import SERVER
+from spoke_grpc.compiler import (
+    Compiler,
+    CompileResult,
+    DependencyFiles,
+    SourceFile,
+    TimeLimitReached,
+)
 from spoke_grpc.errors import FieldViolation
 
 GOOD = 'syntax = "proto3";\npackage good;\nmessage Good {}\n'
@@ -185,5 +192,27 @@ def test_a_broken_pool_is_replaced_once_not_by_every_waiter(
         assert asyncio.run(both()) == ["answered", "answered"]
         assert len(starts) == 2  # the first pool, and one replacement
         assert compiler.in_flight == 0
+    finally:
+        asyncio.run(compiler.stop())
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+def test_work_offloaded_under_the_time_limit_is_stopped_and_the_worker_stays() -> None:
+    """What CheckCompatibility's comparison runs under: the compiles' time limit."""
+    compiler = Compiler(1, time_limit_seconds=0.2)
+    compiler.start()
+
+    async def run() -> int:
+        with pytest.raises(TimeLimitReached):
+            await compiler.offload_limited(SERVER, _spin)
+        return await compiler.offload_limited(SERVER, abs, -3)  # the same worker, again
+
+    try:
+        assert asyncio.run(run()) == 3
+        assert (compiler.pool_replacements, compiler.in_flight) == (0, 0)
     finally:
         asyncio.run(compiler.stop())

@@ -255,6 +255,27 @@ def test_compiles_are_deterministic_and_a_repeat_runs_no_protoc(
     assert compile_jobs_used(acme, "acme") == 3
 
 
+def test_a_cache_hit_is_a_download_not_a_compile_job(
+    acme: Client, server: ServerThread, db: psycopg.Connection[Any]
+) -> None:
+    """No quota, no job row, no audit event, no worker: only the reads."""
+    billing = Billing(acme)
+    billing.compile("python")
+
+    def written() -> tuple[Any, ...]:
+        row = db.execute(
+            "SELECT (SELECT count(*) FROM compile_jobs),"
+            " (SELECT count(*) FROM audit_events WHERE method LIKE '%CompileVersion')"
+        ).fetchone()
+        assert row is not None
+        return (*row, compile_jobs_used(acme, "acme"))
+
+    before, runs = written(), compiler_of(server).protoc_runs
+    assert billing.compile("python").files
+    assert written() == before == (1, 1, 1)
+    assert compiler_of(server).protoc_runs == runs
+
+
 def test_concurrent_compiles_of_one_version_share_one_protoc_run(
     acme: Client, server: ServerThread, db: psycopg.Connection[Any]
 ) -> None:
