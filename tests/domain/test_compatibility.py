@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grpc_tools import protoc

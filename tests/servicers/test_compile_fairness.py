@@ -21,7 +21,7 @@ from spoke.v1 import module_pb2 as pb
 
 from spoke_grpc.compile_queue import SERVER, CompileQueue, Requester, Ticket
 from tests.conftest import Users
-from tests.harness import Client, ServerThread, failure
+from tests.harness import ServerThread, failure
 from tests.servicers.test_compile import Billing, compile_jobs_used, compiler_of, job_rows
 from tests.servicers.test_compile_races import wait_until
 from tests.servicers.test_modules import create_org
