@@ -157,6 +157,7 @@ class CompileQueue:
         self.org_capacity = self.org_workers + queued
         self.expected_run_seconds = INITIAL_RUN_SECONDS
         self.running = 0
+        self.refused = 0
         self._admitted: Counter[uuid.UUID | None] = Counter()
         self._running: Counter[uuid.UUID | None] = Counter()
         self._waiting: list[Ticket] = []
@@ -181,7 +182,11 @@ class CompileQueue:
     def admit(self, requester: Requester, *, refuse: bool = True) -> Ticket:
         """A place for one job; with ``refuse``, CompilerBusy when there is none."""
         if refuse:
-            self._refuse_beyond_bounds(requester)
+            try:
+                self._refuse_beyond_bounds(requester)
+            except CompilerBusy:
+                self.refused += 1
+                raise
         self._numbers += 1
         self._admitted[requester.org_id] += 1
         return Ticket(self, requester, self._numbers)

@@ -284,6 +284,19 @@ class Compiler:
         """Jobs admitted and not yet done: running, waiting for a worker, or loading."""
         return self.queue.in_flight
 
+    @property
+    def running(self) -> int:
+        return self.queue.running
+
+    @property
+    def queued(self) -> int:
+        """Jobs admitted and not running: loading their sources or waiting for a worker."""
+        return self.queue.in_flight - self.queue.running
+
+    @property
+    def refused(self) -> int:
+        return self.queue.refused
+
     def start(self) -> None:
         # spawn, not fork: the server process runs grpc threads, which do not survive a fork.
         self._executor = ProcessPoolExecutor(
