@@ -103,7 +103,7 @@ class CompilerBusy(SpokeError):
         return cls(
             f"the compiler is busy: the call's deadline is {max(remaining, 0):.3g}s away, and"
             f" with {ahead} compile(s) ahead of it this one would take about {expected:.3g}s;"
-            " set a longer deadline, or",
+            " set a longer deadline",
             {"deadline_seconds": f"{max(remaining, 0):.3g}", "expected_seconds": f"{expected:.3g}"},
         )
 

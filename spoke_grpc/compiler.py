@@ -299,9 +299,16 @@ class Compiler:
 
     def start(self) -> None:
         # spawn, not fork: the server process runs grpc threads, which do not survive a fork.
-        self._executor = ProcessPoolExecutor(
+        executor = ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
         )
+        # Every worker spawned now (one per job submitted while none is idle), not on demand
+        # later: the first compiles do not wait for a process to start, and the pool's
+        # manager thread watches every worker from the next job on (on demand, CPython 3.11
+        # may wait without the newest worker's sentinel, and never see it die).
+        for _ in range(self.workers):
+            executor.submit(int)
+        self._executor = executor
 
     async def stop(self) -> None:
         executor, self._executor = self._executor, None
