@@ -1430,8 +1430,8 @@ def test_making_a_module_private_waits_for_a_public_push_in_flight(
     dependents: Dependents, database_url: str
 ) -> None:
     """The publication rule under concurrency: a push of a public module that depends on
-    acme/base holds base's row (FOR SHARE) until it commits, so making base private waits
-    for it, then counts it, and is refused."""
+    acme/base holds base's row (FOR SHARE, taken after its compile) until it commits, so
+    making base private waits for it, then counts it, and is refused."""
     consumer = dependents.consumer
     create_module(consumer, "globex", "late", is_public=True)
     with (
@@ -1439,10 +1439,11 @@ def test_making_a_module_private_waits_for_a_public_push_in_flight(
         psycopg.connect(database_url) as holder,
         ThreadPoolExecutor(2) as pool,
     ):
-        # The push stops at globex's quota lock, after it resolved (and locked) base.
+        # The push stops at globex's quota lock (only that row: its organization row would
+        # stop it at its access check), after it compiled, then resolved and locked base.
         holder.execute(
             "SELECT 1 FROM org_quotas q JOIN organizations o ON o.id = q.org_id"
-            " WHERE o.name = 'globex' FOR UPDATE"
+            " WHERE o.name = 'globex' FOR UPDATE OF q"
         )
         pushing = pool.submit(
             push, consumer, "globex", "late", "1.0.0", USES_BASE, deps=[("acme", "base", "1.0.0")]
