@@ -513,6 +513,10 @@ async def create_version(
         new.files, dependency_files, requester=requester, descriptor_set=reject, refuse=True
     )
     if compiled.violations:
+        if resolved:  # a dependency deleted while the push read its files: say so instead
+            await _recheck_dependencies(
+                conn, org, module, new.dependencies, resolved, reader, f"{module.org_name}/{label}"
+            )
         raise InvalidArgument(compiled.violations)
     if reject:
         # FOR UPDATE: pushes to a REJECT module are checked one at a time, each against

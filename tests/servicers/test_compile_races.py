@@ -47,6 +47,8 @@ def held_workers(server: ServerThread) -> Iterator[Any]:
             for _ in range(compiler.workers)
         ]
         try:
+            # Running (so counted) before the test looks at the queue.
+            wait_until(lambda: compiler.queue.running == compiler.workers, "workers held")
             yield event
         finally:
             event.set()
