@@ -1,7 +1,8 @@
-"""The ``spoke-grpc`` command: serve, migrate, users create, health.
+"""The ``spoke-grpc`` command: serve, migrate, users create, health, push, pull.
 
 Errors a person can fix (bad settings, bad input, an unreachable database) are one
-line on stderr and exit code 1; no tracebacks.
+line on stderr and exit code 1; no tracebacks. ``push`` and ``pull``
+(``spoke_grpc.registry_client``) have exit codes of their own.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg_pool import PoolTimeout
 from yoyo.connections import BadConnectionURI
 
-from spoke_grpc import cpus, logs, migrations, tls, tracing, workers
+from spoke_grpc import cpus, logs, migrations, registry_client, tls, tracing, workers
 from spoke_grpc.bootstrap import BootstrapError, bootstrap_before_serving
 from spoke_grpc.config import ConfigError, Settings
 from spoke_grpc.database import connect, is_unavailable
@@ -47,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         return 130
+    except registry_client.ClientError as exc:
+        print(f"spoke-grpc: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except Exception as exc:
         message = _error_message(exc)
         if message is None:
@@ -151,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
         " --address, else of SPOKE_PUBLIC_ADDRESS, else localhost)",
     )
     health.set_defaults(run=_health)
+    registry_client.add_commands(commands)
     return parser
 
 

@@ -5,12 +5,13 @@ and stopped with the server. A compile lays out a version's files and its depend
 files in a temporary directory of its own, adds the well-known types, and runs protoc there
 under a time limit (``spoke_grpc.compile_worker``).
 
-Two kinds of work share the pool. A push's check (``check``, ``compile``) waits for its
-turn. A build (``build``: descriptors with source info and generated code, what
-CompileVersion and CheckCompatibility use) is admitted only while fewer than ``workers +
-queue`` jobs are running or waiting, and is refused at once otherwise (``CompilerBusy``,
-RESOURCE_EXHAUSTED with RetryInfo): a waiting call holds a database connection, so a bounded
-queue keeps a burst of compiles from taking the whole connection pool. Builds are
+Every job is admitted for a ``Requester`` (an organization, a deadline) by the
+``CompileQueue`` (``spoke_grpc.compile_queue``), which refuses what would pass the server's
+bounds, the organization's share or the caller's deadline (``CompilerBusy``,
+RESOURCE_EXHAUSTED with RetryInfo: a waiting call holds a database connection, so a bounded
+queue keeps a burst of compiles from taking the whole connection pool), and decides whose
+turn comes when a worker frees. A worker that dies breaks the pool for every job on it;
+the first job to notice starts a new pool, and each retries once on it. Builds are
 deterministic, so their results are kept in a ``BuildCache`` (LRU, bounded by entries and
 bytes) under a key of everything that decides them (``build_key``): a repeated build runs
 no protoc, and concurrent builds of one key share one protoc run.
@@ -27,14 +28,15 @@ What goes wrong in a push's check comes back as field violations the caller can 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import logging
 import multiprocessing
 import re
+import signal
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -43,10 +45,9 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import error_details_pb2
 
 from spoke_grpc import generators
+from spoke_grpc.compile_queue import SERVER, CompileQueue, Requester, Ticket
 from spoke_grpc.compile_worker import (
     GENERATION_FAILED,
     WELL_KNOWN_TYPES,
@@ -65,8 +66,6 @@ TIME_LIMIT_SECONDS = 20.0
 # Builds kept in memory: at most this many, of at most this many bytes together.
 CACHE_ENTRIES = 256
 CACHE_BYTES = 128 * 2**20
-# Seconds a caller refused for a busy pool is told to wait.
-BUSY_RETRY_SECONDS = 1
 
 # Bump when what a build produces changes for the same inputs (flags, layout). The
 # languages' generators and their options are in spoke_grpc.generators; the versions of the
@@ -146,32 +145,6 @@ class BuildResult:
     cached: bool
     violations: tuple[FieldViolation, ...] = ()
     timed_out: bool = False
-
-
-def _pack(message: error_details_pb2.RetryInfo) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
-class CompilerBusy(SpokeError):
-    """Every compile worker is busy and the queue is full: retry after the RetryInfo delay."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    default_reason = "COMPILER_BUSY"
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__(
-            f"the compiler is busy: {capacity} compiles are running or queued, the most this"
-            f" server takes; retry in {BUSY_RETRY_SECONDS}s",
-            metadata={"capacity": str(capacity)},
-        )
-
-    def details(self) -> list[any_pb2.Any]:
-        retry = error_details_pb2.RetryInfo(
-            retry_delay=duration_pb2.Duration(seconds=BUSY_RETRY_SECONDS)
-        )
-        return [_pack(retry)]
 
 
 class CompileTimeLimitExceeded(SpokeError):
@@ -261,10 +234,38 @@ class BuildCache:
             self.size_bytes -= self._sizes.pop(key)
 
 
+class TimeLimitReached(Exception):
+    """Raised in a worker when work offloaded under a time limit runs past it."""
+
+
+def _time_limited(seconds: float, function: Callable[..., R], *args: object) -> R:
+    """Runs ``function(*args)`` in a worker process, interrupted after ``seconds`` (its
+    main thread runs the job, so the alarm's handler raises inside the function)."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeLimitReached(f"stopped after {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return function(*args)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# What a build shared by concurrent callers came to: its result, what it raised, or None
+# when the call that started it gave up before it ran (a joiner then builds it itself).
+_Shared = BuildResult | BaseException | None
+
+
 class Compiler:
     """A bounded pool of protoc workers; ``start`` before use, ``stop`` at shutdown.
 
-    ``protoc_runs`` counts the jobs sent to the workers (a cached build sends none).
+    Who runs when is the ``CompileQueue``'s (admission, each organization's share,
+    deadlines); every job is admitted for a ``Requester``. ``protoc_runs`` counts the jobs
+    sent to the workers (a cached build sends none); ``pool_replacements`` the pools
+    started again because a worker died.
     """
 
     def __init__(
@@ -272,6 +273,8 @@ class Compiler:
         workers: int,
         *,
         queue: int | None = None,
+        org_workers: int | None = None,
+        org_queue: int | None = None,
         time_limit_seconds: float = TIME_LIMIT_SECONDS,
         cache_entries: int = CACHE_ENTRIES,
         cache_bytes: int = CACHE_BYTES,
@@ -281,13 +284,37 @@ class Compiler:
         self.workers = workers
         self._search_path = tuple(generators_path or generators.search_path())
         self._sandbox = sandbox
-        self.capacity = workers + (2 * workers if queue is None else queue)
+        self.queue = CompileQueue(
+            workers,
+            2 * workers if queue is None else queue,
+            org_workers=org_workers,
+            org_queue=org_queue,
+        )
+        self.capacity = self.queue.capacity
         self.time_limit_seconds = time_limit_seconds
         self._executor: ProcessPoolExecutor | None = None
         self.cache = BuildCache(cache_entries, cache_bytes)
-        self._pending: dict[str, asyncio.Task[BuildResult]] = {}
-        self.in_flight = 0
+        self._pending: dict[str, asyncio.Future[_Shared]] = {}
         self.protoc_runs = 0
+        self.pool_replacements = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs admitted and not yet done: running, waiting for a worker, or loading."""
+        return self.queue.in_flight
+
+    @property
+    def running(self) -> int:
+        return self.queue.running
+
+    @property
+    def queued(self) -> int:
+        """Jobs admitted and not running: loading their sources or waiting for a worker."""
+        return self.queue.in_flight - self.queue.running
+
+    @property
+    def refused(self) -> int:
+        return self.queue.refused
 
     @property
     def toolchain(self) -> Toolchain:
@@ -313,9 +340,16 @@ class Compiler:
     def start(self) -> None:
         self.toolchain  # noqa: B018 - looks the programs up now, not on the first compile
         # spawn, not fork: the server process runs grpc threads, which do not survive a fork.
-        self._executor = ProcessPoolExecutor(
+        executor = ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
         )
+        # Every worker spawned now (one per job submitted while none is idle), not on demand
+        # later: the first compiles do not wait for a process to start, and the pool's
+        # manager thread watches every worker from the next job on (on demand, CPython 3.11
+        # may wait without the newest worker's sentinel, and never see it die).
+        for _ in range(self.workers):
+            executor.submit(int)
+        self._executor = executor
 
     async def stop(self) -> None:
         executor, self._executor = self._executor, None
@@ -323,16 +357,21 @@ class Compiler:
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
     async def check(
-        self, files: Sequence[SourceFile], dependencies: Sequence[DependencyFiles]
+        self,
+        files: Sequence[SourceFile],
+        dependencies: Sequence[DependencyFiles],
+        *,
+        requester: Requester = SERVER,
     ) -> list[FieldViolation]:
         """Why ``files`` do not compile with ``dependencies``; empty when they do."""
-        return list((await self.compile(files, dependencies)).violations)
+        return list((await self.compile(files, dependencies, requester=requester)).violations)
 
     async def compile(
         self,
         files: Sequence[SourceFile],
         dependencies: Sequence[DependencyFiles],
         *,
+        requester: Requester = SERVER,
         descriptor_set: bool = False,
         refuse: bool = False,
     ) -> CompileResult:
@@ -340,7 +379,8 @@ class Compiler:
 
         With ``descriptor_set``, a successful result carries the serialized
         ``FileDescriptorSet`` of the inputs and everything they import. With ``refuse``,
-        raises ``CompilerBusy`` when the pool and its queue are full; otherwise waits.
+        raises ``CompilerBusy`` when the queue has no room for ``requester``; otherwise
+        waits.
         """
         tree, providers, violations = _layout(files, dependencies)
         if violations:
@@ -351,8 +391,9 @@ class Compiler:
             time_limit_seconds=self.time_limit_seconds,
             descriptor_set=descriptor_set,
         )
-        self._take_slot(refuse=refuse)
-        outcome = await self._protoc(job)
+        ticket = self.queue.admit(requester, refuse=refuse)
+        await self.queue.turn(ticket)
+        outcome = await self._protoc(ticket, job)
         if outcome.exit_code == 0:
             return CompileResult((), outcome.descriptor_set)
         return CompileResult(tuple(self._violations(outcome, files, providers, set(tree))))
@@ -363,47 +404,69 @@ class Compiler:
         load: Callable[[], Awaitable[BuildSources]],
         languages: Sequence[str],
         *,
+        requester: Requester = SERVER,
         wait: bool = False,
     ) -> BuildResult:
         """The build of ``key``: from the cache, from a concurrent build of the same key, or
-        compiled from the sources ``load`` returns (called only then, on the caller's task).
+        compiled from the sources ``load`` returns (called only then, on the caller's task,
+        after the job was admitted).
 
-        Refused with ``CompilerBusy`` when the pool and its queue are full, unless ``wait``.
+        Refused with ``CompilerBusy`` when the queue has no room for ``requester``, unless
+        ``wait``.
         """
-        found = self._shared(key)
-        if found is not None:
-            return await found
-        self._take_slot(refuse=not wait)  # held until the worker is done with the job
+        while True:
+            found = self._shared(key)
+            if found is None:
+                return await self._start(key, load, languages, requester, wait)
+            result = await found
+            if result is not None:
+                return result
+            # The call it joined gave up before its build ran: build it for this one.
+
+    async def offload(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Runs CPU-bound ``function`` (module-level, pure) in the worker pool, as the
+        server's own work, waiting its turn, so that the event loop stays free."""
+        ticket = self.queue.admit(SERVER, refuse=False)
+        await self.queue.turn(ticket)
+        return await self._run(ticket, functools.partial(function, *args, **kwargs))
+
+    async def offload_limited(
+        self, requester: Requester, function: Callable[..., R], *args: object
+    ) -> R:
+        """Runs ``function(*args)`` (module-level, pure, Python) in the worker pool for
+        ``requester``, waiting its turn, under the compiles' time limit: past it, raises
+        ``TimeLimitReached``."""
+        ticket = self.queue.admit(requester, refuse=False)
+        await self.queue.turn(ticket)
+        work = functools.partial(_time_limited, self.time_limit_seconds, function, *args)
+        return await self._run(ticket, work)
+
+    async def _start(
+        self,
+        key: str,
+        load: Callable[[], Awaitable[BuildSources]],
+        languages: Sequence[str],
+        requester: Requester,
+        wait: bool,
+    ) -> BuildResult:
+        ticket = self.queue.admit(requester, refuse=not wait)
+        shared: asyncio.Future[_Shared] = asyncio.get_running_loop().create_future()
+        self._pending[key] = shared  # callers of the same key from now on join this one
         try:
             sources = await load()
+            await self.queue.turn(ticket)
         except BaseException:
-            self._release_slot()
+            ticket.release()
+            self._settle(key, shared, None)
             raise
-        found = self._shared(key)  # another call may have built it while this one loaded
-        if found is not None:
-            self._release_slot()
-            return await found
-        task = asyncio.get_running_loop().create_task(self._produce(key, sources, languages))
-        self._pending[key] = task
-        task.add_done_callback(lambda done: self._settled(key, done))
+        task = asyncio.get_running_loop().create_task(
+            self._produce(ticket, key, sources, languages)
+        )
+        task.add_done_callback(lambda done: self._settle(key, shared, _outcome(done)))
         # Shielded: a caller that gives up does not stop the build, which others may share.
         return await asyncio.shield(task)
 
-    async def offload(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Runs CPU-bound ``function`` (module-level, pure) in the worker pool, waiting its
-        turn, so that the event loop stays free."""
-        self._take_slot()
-        return await self._run(functools.partial(function, *args, **kwargs))
-
-    def _take_slot(self, *, refuse: bool = False) -> None:
-        if refuse and self.in_flight >= self.capacity:
-            raise CompilerBusy(self.capacity)
-        self.in_flight += 1
-
-    def _release_slot(self) -> None:
-        self.in_flight -= 1
-
-    def _shared(self, key: str) -> Awaitable[BuildResult] | None:
+    def _shared(self, key: str) -> Awaitable[BuildResult | None] | None:
         build = self.cache.get(key)
         if build is not None:
             return _ready(BuildResult(build, cached=True))
@@ -412,21 +475,23 @@ class Compiler:
             return _joined(pending)
         return None
 
-    def _settled(self, key: str, task: asyncio.Task[BuildResult]) -> None:
-        if self._pending.get(key) is task:
+    def _settle(self, key: str, shared: asyncio.Future[_Shared], outcome: _Shared) -> None:
+        if self._pending.get(key) is shared:
             del self._pending[key]
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("build %s failed: %r", key[:12], task.exception())
+        if not shared.done():
+            shared.set_result(outcome)
+        if isinstance(outcome, BaseException):
+            log.debug("build %s failed: %r", key[:12], outcome)
 
     async def _produce(
-        self, key: str, sources: BuildSources, languages: Sequence[str]
+        self, ticket: Ticket, key: str, sources: BuildSources, languages: Sequence[str]
     ) -> BuildResult:
         tree, providers, violations = _layout(sources.files, sources.dependencies)
         if violations:
-            self._release_slot()
+            ticket.release()
             return BuildResult(None, cached=False, violations=tuple(violations))
         job = self._job(sources, tree, languages)
-        outcome = await self._protoc(job)
+        outcome = await self._protoc(ticket, job)
         if outcome.exit_code != 0:
             problems = self._violations(outcome, sources.files, providers, set(tree))
             return BuildResult(
@@ -484,35 +549,47 @@ class Compiler:
             read_only=generators.visible_directories(plugin_paths),
         )
 
-    async def _protoc(self, job: ProtocJob) -> ProtocOutcome:
+    async def _protoc(self, ticket: Ticket, job: ProtocJob) -> ProtocOutcome:
         self.protoc_runs += 1
-        return await self._run(functools.partial(run_protoc, job))
+        return await self._run(ticket, functools.partial(run_protoc, job))
 
-    async def _run(self, work: Callable[[], R]) -> R:
-        """Runs ``work`` in a worker. The caller holds a slot; it is released when the worker
-        is done with the job, not before, even if the caller stops waiting."""
-        loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
-            if self._executor is None:
-                self._release_slot()
-                raise RuntimeError("the compiler is not started")
-            try:
-                future = self._executor.submit(work)
-            except BaseException:
-                self._release_slot()
-                raise
-            future.add_done_callback(lambda _: _call_soon(loop, self._release_slot))
-            try:
-                return await asyncio.wrap_future(future)
-            except BrokenProcessPool:
-                # A worker died (it never should: protoc runs in a child of the worker).
-                log.warning("compile worker pool broken; starting a new one (attempt %d)", attempt)
-                broken = self._executor
-                self.start()
-                broken.shutdown(wait=False, cancel_futures=True)
-                self._take_slot()
-        self._release_slot()
-        raise RuntimeError("the compile worker pool keeps breaking")
+    async def _run(self, ticket: Ticket, work: Callable[[], R]) -> R:
+        """Runs ``work`` in a worker for ``ticket``, whose turn came. The ticket is released
+        when the worker is done with the job, not before, even if the caller stops
+        waiting."""
+        task = asyncio.get_running_loop().create_task(self._execute(ticket, work))
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    async def _execute(self, ticket: Ticket, work: Callable[[], R]) -> R:
+        try:
+            for attempt in (1, 2):
+                executor = self._executor
+                if executor is None:
+                    raise RuntimeError("the compiler is not started")
+                started = time.monotonic()
+                try:
+                    result = await asyncio.wrap_future(executor.submit(work))
+                except BrokenProcessPool:
+                    # A worker died (it never should: protoc runs in a child of the worker).
+                    log.warning("compile worker pool broken (attempt %d)", attempt)
+                    self._replace(executor)
+                    continue
+                self.queue.record_run(time.monotonic() - started)
+                return result
+            raise RuntimeError("the compile worker pool keeps breaking")
+        finally:
+            ticket.release()
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """Starts a new pool in place of ``broken``, unless another job saw it broken first
+        and did so already: every job running on a pool sees it break at once."""
+        if self._executor is not broken:
+            return
+        log.warning("starting a new compile worker pool")
+        self.pool_replacements += 1
+        self.start()
+        broken.shutdown(wait=False, cancel_futures=True)
 
     def _violations(
         self,
@@ -559,29 +636,39 @@ class Compiler:
         return [violation for *_, violation in sorted(found, key=lambda item: item[:3])]
 
 
-async def _ready(result: BuildResult) -> BuildResult:
+async def _ready(result: BuildResult) -> BuildResult | None:
     return result
 
 
-async def _joined(task: asyncio.Task[BuildResult]) -> BuildResult:
-    """A concurrent build's result, as this caller's: no protoc ran for it."""
-    result = await asyncio.shield(task)
-    if result.build is None:
-        return result
-    return BuildResult(result.build, cached=True)
+async def _joined(shared: asyncio.Future[_Shared]) -> BuildResult | None:
+    """A concurrent build's result, as this caller's (no protoc ran for it); None when the
+    call that started it gave up before it ran."""
+    outcome = await asyncio.shield(shared)
+    if outcome is None or (isinstance(outcome, BuildResult) and outcome.build is None):
+        return outcome
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return BuildResult(outcome.build, cached=True)
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
-    """Runs ``callback`` on ``loop`` (from the executor's thread); a closed loop needs none."""
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(callback)
+def _outcome(task: asyncio.Task[BuildResult]) -> _Shared:
+    if task.cancelled():
+        return None
+    return task.exception() or task.result()
+
+
+def _retrieve(task: asyncio.Task[object]) -> None:
+    """Marks a finished job's exception as seen: its caller may have stopped waiting."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _layout(
     files: Sequence[SourceFile], dependencies: Sequence[DependencyFiles]
 ) -> tuple[dict[str, str], dict[str, str], list[FieldViolation]]:
     """The directory tree to compile in (path → content), who provides each dependency
-    path (path → label), and the paths provided twice."""
+    path (path → label), and what cannot be laid out: a path provided twice, or a path that
+    another one needs as a directory (``x.proto`` and ``x.proto/y.proto``)."""
     tree: dict[str, str] = {}
     providers: dict[str, str] = {}
     violations: list[FieldViolation] = []
@@ -600,17 +687,52 @@ def _layout(
                         " depend on only one of them",
                     )
                 )
-    for i, file in enumerate(files):
-        if file.path in providers:
+    # Each directory the dependencies' files need, with the first file that needs it.
+    directories: dict[str, tuple[str, str]] = {}
+    for path, label in providers.items():
+        for directory in _parents(path):
+            directories.setdefault(directory, (path, label))
+    for path, label in providers.items():
+        if path in directories:
+            under, other = directories[path]
             violations.append(
                 FieldViolation(
-                    f"files[{i}].path",
-                    f"{file.path!r} is also a file of dependency {providers[file.path]};"
-                    " rename it or drop the dependency",
+                    "dependencies",
+                    f"{path!r} of {label} is a directory of {under!r} of {other};"
+                    " depend on only one of them",
                 )
             )
+    for i, file in enumerate(files):
+        problem = None
+        if file.path in providers:
+            problem = (
+                f"{file.path!r} is also a file of dependency {providers[file.path]};"
+                " rename it or drop the dependency"
+            )
+        elif file.path in directories:
+            under, label = directories[file.path]
+            problem = (
+                f"{file.path!r} is a directory of {under!r}, a file of dependency {label};"
+                " rename it or drop the dependency"
+            )
+        else:
+            needed = next((d for d in _parents(file.path) if d in providers), None)
+            if needed is not None:
+                problem = (
+                    f"{file.path!r} needs a directory {needed!r}, which is a file of"
+                    f" dependency {providers[needed]}; rename it or drop the dependency"
+                )
+        if problem is not None:
+            violations.append(FieldViolation(f"files[{i}].path", problem))
         tree[file.path] = file.content
     return tree, providers, violations
+
+
+def _parents(path: str) -> Iterator[str]:
+    """The directories ``path`` lies in, outermost first (``a``, ``a/b`` for ``a/b/c``)."""
+    parts = path.split("/")
+    for end in range(1, len(parts)):
+        yield "/".join(parts[:end])
 
 
 @functools.cache

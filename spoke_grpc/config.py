@@ -70,6 +70,10 @@ class Settings:
     # Compiles that may wait for a worker beyond those running (None: twice the workers);
     # seconds one may run; and the build cache's bounds (spoke_grpc.compiler).
     compile_queue: int | None = None
+    # One organization's share: workers it may run at once, and compiles it may have
+    # waiting (None: half the workers, half the queue, at least one; spoke_grpc.compile_queue).
+    compile_org_workers: int | None = None
+    compile_org_queue: int | None = None
     compile_time_limit_seconds: float = 20.0
     compile_cache_entries: int = 256
     compile_cache_bytes: int = 128 * 2**20
@@ -231,6 +235,16 @@ class Settings:
                 int(number("SPOKE_COMPILE_QUEUE", 0))
                 if env.get("SPOKE_COMPILE_QUEUE")
                 else defaults.compile_queue
+            ),
+            compile_org_workers=(
+                int(number("SPOKE_COMPILE_ORG_WORKERS", 1, minimum=1))
+                if env.get("SPOKE_COMPILE_ORG_WORKERS")
+                else defaults.compile_org_workers
+            ),
+            compile_org_queue=(
+                int(number("SPOKE_COMPILE_ORG_QUEUE", 0))
+                if env.get("SPOKE_COMPILE_ORG_QUEUE")
+                else defaults.compile_org_queue
             ),
             compile_time_limit_seconds=number(
                 "SPOKE_COMPILE_TIME_LIMIT", defaults.compile_time_limit_seconds, minimum=0.001

@@ -303,17 +303,16 @@ class StateCollector(Collector):
         if compiler is None:
             return
         workers = _int_attribute(compiler, "workers", "_workers")
-        in_flight = _int_attribute(compiler, "in_flight")
+        running = _int_attribute(compiler, "running")
+        queued = _int_attribute(compiler, "queued")
         if workers is not None:
             yield _gauge("spoke_compile_workers", "protoc worker processes", workers)
-        if in_flight is not None and workers is not None:
-            yield _gauge(
-                "spoke_compile_running", "Compiles running in a worker", min(in_flight, workers)
-            )
+        if running is not None and queued is not None:
+            yield _gauge("spoke_compile_running", "Compiles running in a worker", running)
             yield _gauge(
                 "spoke_compile_queued",
-                "Compiles waiting for a worker",
-                max(0, in_flight - workers),
+                "Compiles admitted and not running: loading their sources or waiting",
+                queued,
             )
         capacity = _int_attribute(compiler, "capacity")
         if capacity is not None:
@@ -321,7 +320,13 @@ class StateCollector(Collector):
         for attribute, name, doc in (
             ("protoc_runs", "spoke_compile_jobs", "Compile jobs sent to the workers"),
             ("timeouts", "spoke_compile_timeouts", "Compiles killed at the time limit"),
-            ("refused", "spoke_compile_refused", "Compiles refused: pool and queue full"),
+            (
+                "refused",
+                "spoke_compile_refused",
+                "Compiles refused: pool and queue full, an org's share taken, or too near a"
+                " deadline",
+            ),
+            ("pool_replacements", "spoke_compile_pool_replacements", "Worker pools restarted"),
         ):
             value = _int_attribute(compiler, attribute)
             if value is not None:

@@ -165,6 +165,8 @@ class SpokeServer:
         self.compiler = Compiler(
             self.settings.compile_workers,
             queue=self.settings.compile_queue,
+            org_workers=self.settings.compile_org_workers,
+            org_queue=self.settings.compile_org_queue,
             time_limit_seconds=self.settings.compile_time_limit_seconds,
             cache_entries=self.settings.compile_cache_entries,
             cache_bytes=self.settings.compile_cache_bytes,

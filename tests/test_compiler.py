@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -16,7 +17,14 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 from spoke_grpc import compile_worker
-from spoke_grpc.compiler import Compiler, CompileResult, DependencyFiles, SourceFile
+from spoke_grpc.compile_queue import SERVER
+from spoke_grpc.compiler import (
+    Compiler,
+    CompileResult,
+    DependencyFiles,
+    SourceFile,
+    TimeLimitReached,
+)
 from spoke_grpc.errors import FieldViolation
 
 GOOD = 'syntax = "proto3";\npackage good;\nmessage Good {}\n'
@@ -154,3 +162,79 @@ def test_the_build_key_holds_the_versions_of_the_generators_a_build_uses(tmp_pat
     plugin.write_text("#!/bin/sh\n# another build\n")
     again = Compiler(1, generators_path=[str(fake), str(empty)])
     assert again.build_key("d", ["e"], ["go"]) != other.build_key("d", ["e"], ["go"])
+
+
+def _die_once(marker: str, other: str) -> str:
+    """In a worker: the first time, once ``other`` has started too, kill this worker process
+    (as a crash would); on the retry, answer."""
+    if os.path.exists(marker):
+        return "answered"
+    Path(marker).touch()
+    while not os.path.exists(other):  # both jobs are running: the break hits both
+        time.sleep(0.001)
+    os._exit(1)
+
+
+def _wait_to_be_killed(marker: str) -> str:
+    """In a worker: the first time, block until the broken pool's workers are terminated;
+    on the retry, answer."""
+    if os.path.exists(marker):
+        return "answered"
+    Path(marker).touch()
+    signal.pause()
+    return "never"
+
+
+def test_a_broken_pool_is_replaced_once_not_by_every_waiter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two jobs run when one kills its worker: both see the pool broken; one new pool
+    replaces it, and both jobs are retried on it."""
+    starts: list[int] = []
+    original = Compiler.start
+
+    def counting_start(self: Compiler) -> None:
+        starts.append(1)
+        original(self)
+
+    monkeypatch.setattr(Compiler, "start", counting_start)
+    compiler = Compiler(2)
+    compiler.start()
+    killer, blocked = str(tmp_path / "killer"), str(tmp_path / "blocked")
+
+    async def both() -> list[str]:
+        return list(
+            await asyncio.gather(
+                compiler.offload(_die_once, killer, blocked),
+                compiler.offload(_wait_to_be_killed, blocked),
+            )
+        )
+
+    try:
+        assert asyncio.run(both()) == ["answered", "answered"]
+        assert len(starts) == 2  # the first pool, and one replacement
+        assert compiler.in_flight == 0
+    finally:
+        asyncio.run(compiler.stop())
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+def test_work_offloaded_under_the_time_limit_is_stopped_and_the_worker_stays() -> None:
+    """What CheckCompatibility's comparison runs under: the compiles' time limit."""
+    compiler = Compiler(1, time_limit_seconds=0.2)
+    compiler.start()
+
+    async def run() -> int:
+        with pytest.raises(TimeLimitReached):
+            await compiler.offload_limited(SERVER, _spin)
+        return await compiler.offload_limited(SERVER, abs, -3)  # the same worker, again
+
+    try:
+        assert asyncio.run(run()) == 3
+        assert (compiler.pool_replacements, compiler.in_flight) == (0, 0)
+    finally:
+        asyncio.run(compiler.stop())

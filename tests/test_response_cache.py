@@ -61,22 +61,24 @@ def test_repeated_pulls_run_no_statement(
     # Another caller's reads are theirs: not served from the owner's answer.
     admin_reader = users.create(is_admin=True)
     assert kept(server, lambda: admin_reader.modules.GetVersion(get)) == [1, 0, 0]
-    # A compile is a job (counted, recorded, audited in its transaction): it takes its
-    # connection, but the kept answer spares it the reads.
+    # A compile answered from what was built before is a download, not a compile job. It
+    # still takes its connection: CompileVersion is a write by policy, and a write's access
+    # check always reads (and locks) the caller's rows; nothing else is read.
     compile_request = pb.CompileVersionRequest(
         org="pulled", module="api", version="1.0.0", languages=["python"]
     )
     first = owner.modules.CompileVersion(compile_request)
     hits = server.server.responses.hits
+    assert kept(server, lambda: owner.modules.CompileVersion(compile_request)) == [1, 1, 1]
     again = owner.modules.CompileVersion(compile_request)
     assert again == first and "api/a.proto" in files_of(again.descriptor_set)
     # Served whole: the first compile's own commit (a job) did not drop what it kept.
-    assert server.server.responses.hits == hits + 1
+    assert server.server.responses.hits == hits + 4
     jobs = db.execute(
         "SELECT outcome FROM compile_jobs j JOIN organizations o ON o.id = j.org_id"
         " WHERE o.name = 'pulled' ORDER BY j.created_at"
     ).fetchall()
-    assert [j[0] for j in jobs] == ["compiled", "cached"]
+    assert [j[0] for j in jobs] == ["compiled"]
 
 
 @pytest.fixture(params=["rpc", "sql"])

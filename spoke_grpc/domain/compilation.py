@@ -9,10 +9,13 @@ Each call runs in its unit of work's transaction on one pooled connection, and k
 database work small: it reads what it needs, compiles (the transaction holds nothing but the
 org row's FOR KEY SHARE meanwhile), then does the bookkeeping last: the org's quota row
 lock, the month's count, the job's record and the audit event, so the quota lock is held
-only from the count to the commit. A compile job counts whether protoc ran or the cache
-answered; a call refused because the compiler is busy counts nothing and records nothing.
-A compile that ran and failed (time limit, protoc error, too large a result) is not
-counted, but its job is recorded, after the rollback, with its outcome.
+only from the count to the commit. A CompileVersion that the cache answers (or a concurrent
+build of the same key) is a download, not a compile job: it takes no quota, and runs no
+statement beyond its reads. A CheckCompatibility is a job even when both builds are cached:
+the comparison runs in a worker, under the compiles' time limit. A call refused because the
+compiler is busy counts nothing and records nothing. A compile that ran and failed (time
+limit, protoc error, too large a result) is not counted, but its job is recorded, after the
+rollback, with its outcome.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2
 from psycopg import AsyncConnection
 
+from spoke_grpc.compile_queue import Requester
 from spoke_grpc.compiler import (
     Build,
     BuildResult,
@@ -34,6 +38,7 @@ from spoke_grpc.compiler import (
     CompileTimeLimitExceeded,
     DependencyFiles,
     SourceFile,
+    TimeLimitReached,
 )
 from spoke_grpc.database import RollbackHook
 from spoke_grpc.domain import compatibility, quotas
@@ -300,10 +305,12 @@ async def compile_version(
     *,
     principal: Principal,
     compiler: Compiler,
+    requester: Requester,
     method: str,
     on_rollback: OnRollback,
 ) -> Compiled:
-    """The version's descriptors and generated code: one compile job of the organization.
+    """The version's descriptors and generated code: one compile job of the organization
+    when protoc ran (a build from the cache is a download, and counts nothing).
     ``languages`` as ``parse_languages`` returned them."""
     wanted = tuple(languages)
     target = await _target(conn, module, version, wanted, Reader.of(principal), compiler)
@@ -326,8 +333,9 @@ async def compile_version(
         return await _sources(conn, target)
 
     started = time.monotonic()
+    result: BuildResult | None = None
     try:
-        result = await compiler.build(target.key, load, wanted)
+        result = await compiler.build(target.key, load, wanted, requester=requester)
         build = _built(result, target, compiler)
         size = build.size_bytes + _FILE_OVERHEAD * len(build.files)
         if size > MAX_RESULT_BYTES:
@@ -344,56 +352,23 @@ async def compile_version(
             )
     except Exception as exc:
         outcome = _failure_outcome(exc)
-        if outcome is not None:
+        if outcome is not None and not (result is not None and result.cached):
             _record_after_rollback(on_rollback, job, outcome, _elapsed_ms(started))
         raise
+    decided_by = frozenset({version.org_id, *(r.org_id for r in target.reached)})
+    if result.cached:
+        return Compiled(build, decided_by)  # a download: no compile job, nothing counted
     await _bookkeeping(
         conn,
         org,
         job,
-        "cached" if result.cached else "compiled",
+        "compiled",
         _elapsed_ms(started),
         principal=principal,
         method=method,
         target=f"{_module_target(org, module)}/versions/{version.version}:compile",
     )
-    return Compiled(build, frozenset({version.org_id, *(r.org_id for r in target.reached)}))
-
-
-async def record_served_compile(
-    conn: AsyncConnection,
-    org: OrgContext,
-    module: Module,
-    version: Version,
-    languages: Sequence[str],
-    *,
-    principal: Principal,
-    method: str,
-) -> None:
-    """A compile answered with a response kept whole (``spoke_grpc.response_cache``): a
-    compile job like any cache hit, counted (or refused over quota), recorded, audited."""
-    job = CompileJob(
-        org_id=org.id,
-        kind="compile",
-        module_id=module.id,
-        module_name=module.name,
-        version_id=version.id,
-        version=version.version,
-        languages=tuple(languages),
-        outcome="cached",
-        duration_ms=0,
-        requested_by=principal.user_id,
-    )
-    await _bookkeeping(
-        conn,
-        org,
-        job,
-        "cached",
-        0,
-        principal=principal,
-        method=method,
-        target=f"{_module_target(org, module)}/versions/{version.version}:compile",
-    )
+    return Compiled(build, decided_by)
 
 
 async def check_compatibility(
@@ -405,6 +380,7 @@ async def check_compatibility(
     *,
     principal: Principal,
     compiler: Compiler,
+    requester: Requester,
     method: str,
     on_rollback: OnRollback,
 ) -> list[Violation]:
@@ -435,7 +411,7 @@ async def check_compatibility(
                 await quotas.check_compile_job(conn, org)
                 return await _sources(conn, target)
 
-            result = await compiler.build(target.key, load, ())
+            result = await compiler.build(target.key, load, (), requester=requester)
             builds.append(_built(result, target, compiler))
             cached = cached and result.cached
     except Exception as exc:
@@ -444,7 +420,12 @@ async def check_compatibility(
             _record_after_rollback(on_rollback, job, outcome, _elapsed_ms(started))
         raise
     baseline, candidate = builds
-    violations = await _compare(compiler, baseline, candidate)
+    what = f"the compatibility of {target.label} with {against.version}"
+    try:
+        violations = await _compare(compiler, requester, baseline, candidate, what)
+    except CompileTimeLimitExceeded:
+        _record_after_rollback(on_rollback, job, "timed_out", _elapsed_ms(started))
+        raise
     await _bookkeeping(
         conn,
         org,
@@ -469,6 +450,7 @@ async def refuse_breaking_changes(
     descriptor_set: bytes,
     *,
     compiler: Compiler,
+    requester: Requester,
     reader: Reader,
 ) -> None:
     """Raises ``BreakingChanges`` when a version being pushed (``descriptor_set``, its own
@@ -487,20 +469,30 @@ async def refuse_breaking_changes(
         return await _sources(conn, target)
 
     # A push waits for a worker rather than being refused: its own compile already ran.
-    baseline = _built(await compiler.build(target.key, load, (), wait=True), target, compiler)
-    violations = await _compare(compiler, baseline, Build(descriptor_set, ()))
+    built = await compiler.build(target.key, load, (), requester=requester, wait=True)
+    baseline = _built(built, target, compiler)
+    violations = await _compare(
+        compiler, requester, baseline, Build(descriptor_set, ()), f"{label} with {target.label}"
+    )
     if violations:
         raise BreakingChanges(label, highest.version, violations)
 
 
-async def _compare(compiler: Compiler, baseline: Build, candidate: Build) -> list[Violation]:
-    """Runs the comparison in a worker: large schemas take a while to walk."""
-    return await compiler.offload(
-        compatibility.breaking_changes,
-        baseline.descriptor_set,
-        candidate.descriptor_set,
-        baseline.inputs,
-    )
+async def _compare(
+    compiler: Compiler, requester: Requester, baseline: Build, candidate: Build, what: str
+) -> list[Violation]:
+    """Runs the comparison in a worker (large schemas take a while to walk), under the
+    compiles' time limit."""
+    try:
+        return await compiler.offload_limited(
+            requester,
+            compatibility.breaking_changes,
+            baseline.descriptor_set,
+            candidate.descriptor_set,
+            baseline.inputs,
+        )
+    except TimeLimitReached:
+        raise CompileTimeLimitExceeded(what, compiler.time_limit_seconds) from None
 
 
 async def _bookkeeping(

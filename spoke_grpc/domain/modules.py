@@ -28,10 +28,12 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from spoke_grpc.compile_queue import Requester
 from spoke_grpc.compiler import Compiler, DependencyFiles, SourceFile
 from spoke_grpc.domain import compilation, events, quotas, usage_alerts
 from spoke_grpc.domain.events import EventType
 from spoke_grpc.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -486,6 +488,7 @@ async def create_version(
     *,
     principal: Principal,
     compiler: Compiler,
+    requester: Requester,
     method: str,
 ) -> VersionView:
     violations = Violations()
@@ -516,14 +519,18 @@ async def create_version(
     # A full compile pool refuses the push at once (RESOURCE_EXHAUSTED, RetryInfo): waiting
     # would hold this call's pool connection for the length of the compiles ahead of it.
     compiled = await compiler.compile(
-        new.files, dependency_files, descriptor_set=reject, refuse=True
+        new.files, dependency_files, requester=requester, descriptor_set=reject, refuse=True
     )
     if compiled.violations:
+        if resolved:  # a dependency deleted while the push read its files: say so instead
+            await _recheck_dependencies(
+                conn, org, module, new.dependencies, resolved, reader, f"{module.org_name}/{label}"
+            )
         raise InvalidArgument(compiled.violations)
     if reject:
         # FOR UPDATE: pushes to a REJECT module are checked one at a time, each against
         # what the ones before it committed; the policy is read again under the lock.
-        locked = await get_module(conn, org, str(module.id), reader=reader, lock=True)
+        locked = await _module_still_there(conn, org, module, reader, lock=True)
         if BreakingChangePolicy(locked.breaking_change_policy) is BreakingChangePolicy.REJECT:
             await compilation.refuse_breaking_changes(
                 conn,
@@ -532,12 +539,26 @@ async def create_version(
                 f"{module.org_name}/{label}",
                 compiled.descriptor_set,
                 compiler=compiler,
+                requester=requester,
                 reader=reader,
             )
     # Decided again under the module's key lock: the module may have been made public
     # since it was read (UpdateModule takes FOR UPDATE, so it waits for this push or this
     # read waits for it and sees its change).
-    if not module.is_public and await store.lock_for_push(conn, org.id, module.id):
+    # Only now, with every compile done, are the dependencies' modules locked (FOR SHARE,
+    # until the commit): a push never holds locks on other organizations' rows while protoc
+    # runs. Deleting one of them, or making it private, either committed while this push
+    # compiled (and is seen here) or waits for the push and then sees its edge.
+    if resolved:
+        reached = await _recheck_dependencies(
+            conn, org, module, new.dependencies, resolved, reader, f"{module.org_name}/{label}"
+        )
+        if module.is_public:
+            _refuse_private_closure(module, reached)
+    public = await store.lock_for_push(conn, org.id, module.id)
+    if public is None:  # deleted while the push compiled
+        raise NotFound("module", module.name)
+    if public and not module.is_public:
         _refuse_private_closure(replace(module, is_public=True), reached)
     await quotas.reserve_version(conn, org, module.id, size)
     row = await version_store.insert_version(
@@ -585,16 +606,29 @@ async def create_version(
     )
 
 
+async def _module_still_there(
+    conn: AsyncConnection, org: OrgContext, module: Module, reader: Reader, *, lock: bool
+) -> Module:
+    """The module read again (FOR UPDATE with ``lock``); NOT_FOUND, by its name, when it was
+    deleted since it was first read (a push racing a DeleteModule of its module)."""
+    row = await store.get_module(conn, org.id, ModuleRef(id=module.id), reader=reader, lock=lock)
+    if row is None:
+        raise NotFound("module", module.name)
+    return row
+
+
 async def _resolve_dependencies(
     conn: AsyncConnection,
     org: OrgContext,
     module: Module,
     refs: Sequence[DependencyRef],
     reader: Reader,
+    *,
+    lock: bool = False,
 ) -> list[Resolved]:
     """The versions ``refs`` name. One that does not exist, belongs to a private module of
     another organization, or that the pusher may not read, is NOT_FOUND with the same
-    message."""
+    message. ``lock``: their modules FOR SHARE, until the commit."""
     requested = []
     for ref in refs:
         org_id, module_id = parse_uuid(ref.org), parse_uuid(ref.module)
@@ -607,7 +641,7 @@ async def _resolve_dependencies(
                 version=ref.version,
             )
         )
-    found = await version_store.resolve(conn, requested, org_id=org.id, reader=reader)
+    found = await version_store.resolve(conn, requested, org_id=org.id, reader=reader, lock=lock)
     by_position = {r.position: r for r in found}
     for i, ref in enumerate(refs):
         if i not in by_position:
@@ -631,6 +665,27 @@ async def _resolve_dependencies(
         modules_seen.setdefault(r.module_id, r.position)
     violations.raise_if_any()
     return found
+
+
+async def _recheck_dependencies(
+    conn: AsyncConnection,
+    org: OrgContext,
+    module: Module,
+    refs: Sequence[DependencyRef],
+    resolved: Sequence[Resolved],
+    reader: Reader,
+    label: str,
+) -> list[Reached]:
+    """The dependencies resolved again, their modules locked, after the compile: what was
+    deleted or hidden meanwhile is refused as it would have been before it (NOT_FOUND,
+    DEPENDENCY_DELETED, DEPENDENCY_NOT_VISIBLE); returns the closure as it is now."""
+    again = await _resolve_dependencies(conn, org, module, refs, reader, lock=True)
+    if [r.version_id for r in again] != [r.version_id for r in resolved]:
+        raise Aborted(
+            "a dependency was deleted and pushed again while this push compiled against it;"
+            " retry the push"
+        )
+    return await _closure(conn, org, again, reader, label)
 
 
 async def _closure(

@@ -12,7 +12,7 @@ its job).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from grpc import aio
 from spoke.v1 import module_pb2, module_pb2_grpc
@@ -20,6 +20,7 @@ from spoke.v1 import module_pb2, module_pb2_grpc
 from spoke_grpc import pagination
 from spoke_grpc.app import App
 from spoke_grpc.call import current_call
+from spoke_grpc.compile_queue import Requester
 from spoke_grpc.compiler import SourceFile
 from spoke_grpc.database import UnitOfWork
 from spoke_grpc.domain import compilation, dependency_graph
@@ -140,14 +141,6 @@ def response_key(
     return (method, reader_class(reader(call)), call.require_org().id, module, version, extra)
 
 
-@dataclass(frozen=True)
-class _CompiledVersion:
-    """What a kept compile response's job record needs."""
-
-    module: Module
-    version: Version
-
-
 class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     def __init__(self, app: App) -> None:
         self._app = app
@@ -256,6 +249,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             new,
             principal=call.require_principal(),
             compiler=self._app.compiler,
+            requester=requester(call, context),
             method=call.policy.method,
         )
         return module_pb2.CreateVersionResponse(version=version_to_proto(view))
@@ -327,16 +321,9 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         languages = compilation.parse_languages(request.languages, self._app.compiler.toolchain)
         key = response_key("CompileVersion", call, request.module, request.version, languages)
         kept = self._responses.get(key)
-        if kept is not None and isinstance(kept.detail, _CompiledVersion):
-            await compilation.record_served_compile(
-                await call.connection(),
-                org,
-                kept.detail.module,
-                kept.detail.version,
-                languages,
-                principal=call.require_principal(),
-                method=call.policy.method,
-            )
+        if kept is not None:
+            # A download of what this reader was answered before: no compile job (as any
+            # build from the cache), no statement.
             return kept.data
         since = self._responses.generation
         module, version, _ = await domain.find_version(
@@ -354,6 +341,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             languages,
             principal=call.require_principal(),
             compiler=self._app.compiler,
+            requester=requester(call, context),
             method=call.policy.method,
             on_rollback=_unit(call).on_rollback,
         )
@@ -365,7 +353,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 for f in build.files
             ],
         ).SerializeToString()
-        self._responses.put(key, data, compiled.orgs, since, _CompiledVersion(module, version))
+        self._responses.put(key, data, compiled.orgs, since)
         return data
 
     async def CheckCompatibility(
@@ -391,6 +379,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             against,
             principal=call.require_principal(),
             compiler=self._app.compiler,
+            requester=requester(call, context),
             method=call.policy.method,
             on_rollback=_unit(call).on_rollback,
         )
@@ -492,6 +481,11 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 )
             )
         return module_pb2.ListLanguagesResponse(languages=languages)
+
+
+def requester(call: CallContext, context: aio.ServicerContext) -> Requester:
+    """Whose compile jobs the call's are: its organization's, until the caller's deadline."""
+    return Requester.for_call(call.require_org().id, context.time_remaining())
 
 
 def _unit(call: CallContext) -> UnitOfWork:

@@ -245,16 +245,19 @@ async def private_dependencies(
         return await cur.fetchall()
 
 
-async def lock_for_push(conn: AsyncConnection, org_id: uuid.UUID, module_id: uuid.UUID) -> bool:
+async def lock_for_push(
+    conn: AsyncConnection, org_id: uuid.UUID, module_id: uuid.UUID
+) -> bool | None:
     """Whether the module is public, read under FOR KEY SHARE (which the version's foreign
-    key takes at its insert anyway): an UpdateModule of it (FOR UPDATE) waits for the push
-    to commit, or the push waits for it and reads what it wrote."""
+    key takes at its insert anyway): an UpdateModule or DeleteModule of it (FOR UPDATE)
+    waits for the push to commit, or the push waits for it and reads what it wrote. None
+    when the module is gone (deleted while the push compiled)."""
     cur = await conn.execute(
         "SELECT is_public FROM modules WHERE org_id = %s AND id = %s FOR KEY SHARE",
         [org_id, module_id],
     )
     row = await cur.fetchone()
-    return bool(row and row[0])
+    return None if row is None else bool(row[0])
 
 
 async def dependents(

@@ -234,14 +234,17 @@ async def resolve(
     *,
     org_id: uuid.UUID,
     reader: Reader,
+    lock: bool = False,
 ) -> list[Resolved]:
     """The requested versions that exist, that ``reader`` (the pusher) may read and that
     ``org_id`` may depend on (its own modules', and public modules' of other
     organizations), by position in ``requested``.
 
-    The modules are locked FOR SHARE until the push commits: deleting one of them, or making
-    it private, waits for the push, then sees its edge (and a push that comes second waits,
-    then sees the module gone or private).
+    With ``lock``, the modules are locked FOR SHARE until the push commits: deleting one of
+    them, or making it private, waits for the push, then sees its edge (and a push that
+    comes second waits, then sees the module gone or private). A push resolves without the
+    lock before it compiles and with it after, so that it never holds other organizations'
+    rows while protoc runs.
     """
     if not requested:
         return []
@@ -257,8 +260,8 @@ async def resolve(
              ON v.org_id = m.org_id AND v.module_id = m.id AND v.version_key = r.key
         WHERE (m.org_id = %(org)s OR m.is_public) AND {readable}
         ORDER BY r.position
-        FOR SHARE OF m
-    """).format(readable=readable(reader))
+        {lock}
+    """).format(readable=readable(reader), lock=sql.SQL("FOR SHARE OF m" if lock else ""))
     params = {
         "org_ids": [r.org_id for r in requested],
         "org_names": [r.org_name for r in requested],

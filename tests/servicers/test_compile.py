@@ -251,9 +251,31 @@ def test_compiles_are_deterministic_and_a_repeat_runs_no_protoc(
     # Another language set is another build.
     assert billing.compile().descriptor_set == first.descriptor_set
     assert compiler.protoc_runs == runs + 3
-    assert [row[4] for row in job_rows(db)] == ["compiled", "cached", "compiled", "compiled"]
+    # A cache hit is a download, not a compile job: not counted, not recorded.
+    assert [row[4] for row in job_rows(db)] == ["compiled", "compiled", "compiled"]
     assert job_rows(db)[0][:4] == ("compile", "billing", "1.0.0", ["python"])
-    assert compile_jobs_used(acme, "acme") == 4  # cached answers count as jobs
+    assert compile_jobs_used(acme, "acme") == 3
+
+
+def test_a_cache_hit_is_a_download_not_a_compile_job(
+    acme: Client, server: ServerThread, db: psycopg.Connection[Any]
+) -> None:
+    """No quota, no job row, no audit event, no worker: only the reads."""
+    billing = Billing(acme)
+    billing.compile("python")
+
+    def written() -> tuple[Any, ...]:
+        row = db.execute(
+            "SELECT (SELECT count(*) FROM compile_jobs),"
+            " (SELECT count(*) FROM audit_events WHERE method LIKE '%CompileVersion')"
+        ).fetchone()
+        assert row is not None
+        return (*row, compile_jobs_used(acme, "acme"))
+
+    before, runs = written(), compiler_of(server).protoc_runs
+    assert billing.compile("python").files
+    assert written() == before == (1, 1, 1)
+    assert compiler_of(server).protoc_runs == runs
 
 
 def test_concurrent_compiles_of_one_version_share_one_protoc_run(
@@ -269,7 +291,7 @@ def test_concurrent_compiles_of_one_version_share_one_protoc_run(
     answers = {call.result().SerializeToString() for call in calls}
     assert len(answers) == 1
     assert compiler.protoc_runs == runs + 1
-    assert sorted(row[4] for row in job_rows(db)) == ["cached"] * 3 + ["compiled"]
+    assert [row[4] for row in job_rows(db)] == ["compiled"]  # the others joined: downloads
 
 
 async def clear(server: ServerThread) -> None:
@@ -335,8 +357,8 @@ def test_a_full_queue_refuses_at_once_with_retry_info_and_counts_nothing(
     finally:
         for future in held:
             future.result(timeout=10)
-    assert compile_jobs_used(acme, "acme") == before + 1  # the refusal counted nothing
-    assert [row[4] for row in job_rows(db)] == ["compiled", "cached"]
+    assert compile_jobs_used(acme, "acme") == before  # the refusal counted nothing
+    assert [row[4] for row in job_rows(db)] == ["compiled"]  # the cache hit neither
     assert cold.compile().descriptor_set  # the slots are free again
 
 
@@ -506,14 +528,18 @@ def set_compile_limit(admin: Client, org: str, limit: int) -> None:
 
 
 def test_compile_jobs_per_month_at_the_boundary(
-    admin: Client, acme: Client, db: psycopg.Connection[Any]
+    admin: Client, acme: Client, server: ServerThread, db: psycopg.Connection[Any]
 ) -> None:
     billing = Billing(acme)
     set_compile_limit(admin, "acme", 2)
     billing.compile()  # limit - 1 after it
     assert compile_jobs_used(acme, "acme") == 1
-    billing.compile()  # from the cache, and still a job: the limit is reached
+    billing.compile("python")  # the limit is reached
     assert compile_jobs_used(acme, "acme") == 2
+    # Over the limit, a build the cache holds is a download: no job, no quota.
+    assert billing.compile().descriptor_set
+    assert compile_jobs_used(acme, "acme") == 2
+    server.run(clear(server))
     error = failure(lambda: billing.compile())
     assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error.message == "compile jobs per month quota exceeded: 2 of 2 used"
@@ -533,11 +559,9 @@ def test_compile_jobs_per_month_at_the_boundary(
     assert row is not None
     retry = error.detail(error_details_pb2.RetryInfo).retry_delay.seconds
     assert abs(retry - float(row[0])) < 60
-    # A fresh build over the limit is refused before it runs protoc.
-    uncached = failure(lambda: billing.compile("python"))
-    assert uncached.error_info.reason == "RATE_LIMIT_EXCEEDED"
+    # The refused build ran no protoc, and counted and recorded nothing.
     assert compile_jobs_used(acme, "acme") == 2
-    assert [row[4] for row in job_rows(db)] == ["compiled", "cached"]
+    assert [row[4] for row in job_rows(db)] == ["compiled", "compiled"]
     set_compile_limit(admin, "acme", 3)
     billing.compile()  # room again
 

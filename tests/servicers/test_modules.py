@@ -1430,8 +1430,8 @@ def test_making_a_module_private_waits_for_a_public_push_in_flight(
     dependents: Dependents, database_url: str
 ) -> None:
     """The publication rule under concurrency: a push of a public module that depends on
-    acme/base holds base's row (FOR SHARE) until it commits, so making base private waits
-    for it, then counts it, and is refused."""
+    acme/base holds base's row (FOR SHARE, taken after its compile) until it commits, so
+    making base private waits for it, then counts it, and is refused."""
     consumer = dependents.consumer
     create_module(consumer, "globex", "late", is_public=True)
     with (
