@@ -26,6 +26,7 @@ the system run as a sandboxed process tree:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import math
 import os
@@ -374,3 +375,19 @@ def _child(root: Path, errors: Path, args: list[str], time_limit: float) -> None
         code = protoc.main(args)
     finally:
         os._exit(code)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """A compile worker's initializer: the kernel kills the worker when the server process
+    that started it dies, even by SIGKILL, instead of leaving it an orphan that holds the
+    server's pipes (a supervisor reading a killed worker's output would wait forever)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return  # no prctl here (not Linux): the worker ends when its call queue closes
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(0)

@@ -32,6 +32,7 @@ import functools
 import hashlib
 import logging
 import multiprocessing
+import os
 import re
 import signal
 import time
@@ -54,6 +55,7 @@ from spoke_grpc.compile_worker import (
     PluginRun,
     ProtocJob,
     ProtocOutcome,
+    die_with_parent,
     run_protoc,
 )
 from spoke_grpc.errors import FieldViolation, SpokeError
@@ -341,7 +343,10 @@ class Compiler:
         self.toolchain  # noqa: B018 - looks the programs up now, not on the first compile
         # spawn, not fork: the server process runs grpc threads, which do not survive a fork.
         executor = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
         )
         # Every worker spawned now (one per job submitted while none is idle), not on demand
         # later: the first compiles do not wait for a process to start, and the pool's

@@ -7,6 +7,8 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -238,3 +240,36 @@ def test_work_offloaded_under_the_time_limit_is_stopped_and_the_worker_stays() -
         assert (compiler.pool_replacements, compiler.in_flight) == (0, 0)
     finally:
         asyncio.run(compiler.stop())
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting to be reaped has died)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_compile_workers_die_with_their_server_process() -> None:
+    """Killed by SIGKILL, a server leaves no compile worker behind: an orphan would hold the
+    server's pipes open, and a supervisor reading them would wait forever."""
+    script = (
+        "import multiprocessing, time\n"
+        "from spoke_grpc.compiler import Compiler\n"
+        "Compiler(2).start()\n"
+        "print(' '.join(str(p.pid) for p in multiprocessing.active_children()), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+    ) as server:
+        assert server.stdout is not None
+        workers = [int(pid) for pid in server.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+        server.kill()
+        server.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "compile workers outlived their server"
+        time.sleep(0.05)  # polling the kernel's record of the processes, not a guess
