@@ -27,8 +27,9 @@ from email.message import EmailMessage
 import psycopg
 
 from spoke_grpc import tokens
+from spoke_grpc.background import OutageLog
 from spoke_grpc.config import Settings, SmtpServer, parse_smtp_url
-from spoke_grpc.database import connect, is_unavailable
+from spoke_grpc.database import connect
 from spoke_grpc.store import notices, outbox
 from spoke_grpc.store.notices import DueNotice
 from spoke_grpc.store.outbox import DueEmail
@@ -140,7 +141,7 @@ class InvitationMailer:
         self._lock = asyncio.Lock()  # run_once and the task never share the connection
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._database_down = False
+        self._outage = OutageLog(log, "invitation mailer")
         self.sent = 0  # emails sent, and sends that failed, by this process (for metrics)
         self.failures = 0
 
@@ -183,24 +184,9 @@ class InvitationMailer:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
-            await self._tick()
+            await self._outage.tick(self.run_once)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._settings.email_interval_seconds)
-
-    async def _tick(self) -> None:
-        try:
-            await self.run_once()
-        except Exception as exc:
-            if is_unavailable(exc) or isinstance(exc, TimeoutError):
-                if not self._database_down:
-                    log.warning("invitation mailer: the database is unavailable; retrying")
-                self._database_down = True
-            else:
-                log.exception("invitation mailer failed; retrying on the next tick")
-            return
-        if self._database_down:
-            log.info("invitation mailer: the database is back")
-            self._database_down = False
 
     async def _handle_next(self, conn: psycopg.AsyncConnection) -> bool:
         """Claims one due row and sends its email, in one transaction; False if none is due."""

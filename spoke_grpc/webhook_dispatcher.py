@@ -33,8 +33,9 @@ import httpx
 import psycopg
 
 from spoke_grpc import webhook_secrets
+from spoke_grpc.background import OutageLog
 from spoke_grpc.config import Settings
-from spoke_grpc.database import connect, is_unavailable
+from spoke_grpc.database import connect
 from spoke_grpc.store import webhooks as store
 from spoke_grpc.store.webhooks import DueDelivery
 from spoke_grpc.webhook_targets import TargetPolicy, TargetRefused, resolve
@@ -251,7 +252,7 @@ class _Sender:
         self._conn: psycopg.AsyncConnection | None = None
         self._client: httpx.AsyncClient | None = None
         self._lock = asyncio.Lock()
-        self._database_down = False
+        self._outage = OutageLog(log, "webhook dispatcher")
 
     async def drain(self) -> int:
         async with self._lock:
@@ -269,19 +270,7 @@ class _Sender:
             return handled
 
     async def tick(self) -> None:
-        try:
-            await self.drain()
-        except Exception as exc:
-            if is_unavailable(exc) or isinstance(exc, TimeoutError):
-                if not self._database_down:
-                    log.warning("webhook dispatcher: the database is unavailable; retrying")
-                self._database_down = True
-            else:
-                log.exception("webhook dispatcher failed; retrying on the next tick")
-            return
-        if self._database_down:
-            log.info("webhook dispatcher: the database is back")
-            self._database_down = False
+        await self._outage.tick(self.drain)
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
